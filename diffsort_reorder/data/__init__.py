@@ -1,0 +1,49 @@
+"""Datasets by name: ``create_dataset(name, **options) -> (train, val)``.
+
+Every dataset yields ``(image (C, H, W) float in [0, 1], label int)`` and knows its
+``image_shape`` and ``num_classes``. ``None`` options are dropped, so a YAML ``null`` means the
+loader's default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .base import ImageDataset
+from .cifar10 import cifar10
+from .digits import digits
+from .imagefolder import imagefolder
+from .patches import grid_shape, patchify, unpatchify
+from .planted import PlantedDataset, planted
+
+DATASETS: dict[str, Callable[..., tuple[ImageDataset, ImageDataset]]] = {
+    "planted": planted,
+    "digits": digits,
+    "cifar10": cifar10,
+    "imagefolder": imagefolder,
+}
+
+
+def list_datasets() -> list[str]:
+    return sorted(DATASETS)
+
+
+def create_dataset(name: str, **options) -> tuple[ImageDataset, ImageDataset]:
+    """The train and val splits of dataset ``name``."""
+    if name not in DATASETS:
+        raise ValueError(
+            f"unknown dataset {name!r}; available datasets: {', '.join(list_datasets())}"
+        )
+    return DATASETS[name](**{k: v for k, v in options.items() if v is not None})
+
+
+__all__ = [
+    "DATASETS",
+    "ImageDataset",
+    "PlantedDataset",
+    "create_dataset",
+    "grid_shape",
+    "list_datasets",
+    "patchify",
+    "unpatchify",
+]

@@ -1,0 +1,70 @@
+"""The dataset type every loader returns."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset
+
+
+class ImageDataset(Dataset):
+    """Float images ``(C, H, W)`` in [0, 1] with integer labels.
+
+    Loaders that fit in memory pass ``images (M, C, H, W)`` and ``labels (M,)``; loaders that read
+    files lazily subclass and override ``__getitem__``/``__len__``. Either way the dataset knows its
+    ``image_shape`` and ``num_classes``, which is all the training loop asks of it.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        num_classes: int,
+        classes: list[str] | None = None,
+    ) -> None:
+        if images.dim() != 4:
+            raise ValueError(f"'images' should be (M, C, H, W) but got {tuple(images.shape)}")
+        if labels.shape != images.shape[:1]:
+            raise ValueError(
+                f"'labels' should be ({images.shape[0]},) but got {tuple(labels.shape)}"
+            )
+        self.images = images.float().contiguous()
+        self.labels = labels.long().contiguous()
+        self.num_classes = int(num_classes)
+        self.classes = classes if classes is not None else [str(i) for i in range(num_classes)]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+    def oracle_order(self) -> torch.Tensor:
+        raise ValueError(
+            f"dataset {type(self).__name__} defines no oracle order; only synthetic datasets "
+            f"with planted key patches (e.g. 'planted') have one"
+        )
+
+
+def split_indices(num: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random split of ``range(num)`` into train and val indices."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"'val_fraction' should lie in (0, 1) but got {val_fraction}")
+    perm = torch.randperm(num, generator=torch.Generator().manual_seed(seed))
+    num_val = max(1, round(num * val_fraction))
+    return perm[num_val:], perm[:num_val]
+
+
+def resize_images(images: torch.Tensor, image_size: int | None) -> torch.Tensor:
+    """Bilinear resize of ``(M, C, H, W)`` to ``image_size`` square; ``None`` keeps the size."""
+    if image_size is None or tuple(images.shape[-2:]) == (image_size, image_size):
+        return images
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
+        raise ValueError(f"'image_size' should be a positive int or None but got {image_size!r}")
+    resized = torch.nn.functional.interpolate(
+        images, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+    )
+    return resized.clamp_(0.0, 1.0)
