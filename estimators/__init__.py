@@ -1,0 +1,50 @@
+"""Permutation estimators: differentiable sorting and permutation operators for PyTorch.
+
+Conventions: a hard permutation ``index (B, N)`` puts input token ``index[b, i]`` at slot ``i``; a
+soft permutation ``P (B, N, N)`` has rows summing to 1 and ``x_out = P @ x``; sorting is
+descending (slot 0 gets the highest score); ``tau`` is the temperature (smaller = harder).
+"""
+
+from . import modules as _modules  # noqa: F401  (registers the estimators)
+from .modules import PermutationEstimator, ramp_scores
+from .permutation import PermutationOutput, apply_permutation, hard_permutation
+from .plackett_luce import (
+    plackett_luce_log_prob,
+    plackett_luce_sample,
+    plackett_luce_sequential_entropy,
+)
+from .registry import create_estimator, list_estimators, register_estimator
+from .sinkhorn import (
+    SinkhornConvergenceWarning,
+    gumbel_sinkhorn,
+    marginal_error,
+    sample_gumbel,
+    sinkhorn,
+    sinkhorn_ref,
+)
+from .sorting import neuralsort, ot_sort, soft_rank_permutation, softsort, sort_permutation
+
+__all__ = [
+    "PermutationEstimator",
+    "PermutationOutput",
+    "SinkhornConvergenceWarning",
+    "apply_permutation",
+    "create_estimator",
+    "gumbel_sinkhorn",
+    "hard_permutation",
+    "list_estimators",
+    "marginal_error",
+    "neuralsort",
+    "ot_sort",
+    "plackett_luce_log_prob",
+    "plackett_luce_sample",
+    "plackett_luce_sequential_entropy",
+    "ramp_scores",
+    "register_estimator",
+    "sample_gumbel",
+    "sinkhorn",
+    "sinkhorn_ref",
+    "soft_rank_permutation",
+    "softsort",
+    "sort_permutation",
+]

@@ -1,0 +1,273 @@
+"""Estimator modules: each holds parameters and hyper-parameters and calls the pure functions.
+
+All share one contract (see :class:`PermutationEstimator`), so a training loop runs any of them
+without knowing which: ``out = est(tokens)``, ``loss = task_loss + est.surrogate_loss(out, per
+sample task loss)``, and ``est.tau`` may be set every step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._checks import check_count, check_float_tensor, check_permutation_index, check_positive
+from .permutation import PermutationOutput, apply_permutation, hard_permutation
+from .plackett_luce import (
+    plackett_luce_log_prob,
+    plackett_luce_sample,
+    plackett_luce_sequential_entropy,
+)
+from .registry import register_estimator
+from .sinkhorn import BACKWARDS, gumbel_sinkhorn, marginal_error
+from .sorting import (
+    REGULARIZATIONS,
+    neuralsort,
+    ot_sort,
+    soft_rank_permutation,
+    softsort,
+    sort_permutation,
+)
+
+SAMPLES = ("batch", "image")
+
+
+def ramp_scores(order: torch.Tensor) -> torch.Tensor:
+    """Scores whose descending sort is ``order``: a ramp from 0 down to -1 placed so that
+    ``scores[order[k]]`` is the k-th largest. (REOrder's code writes ``ramp[order]``, which sorts
+    to the inverse permutation.)"""
+    n = order.numel()
+    scores = torch.empty(n)
+    scores[order] = torch.linspace(0.0, -1.0, n) if n > 1 else torch.zeros(1)
+    return scores
+
+
+def _entropy_rows(P: torch.Tensor) -> torch.Tensor:
+    return -(P * P.clamp_min(1e-30).log()).sum(-1).mean()
+
+
+class PermutationEstimator(nn.Module):
+    """Base of every estimator: ``num_tokens``, a settable ``tau`` and an ``init_order`` that eval
+    returns exactly until training moves it.
+
+    ``forward(tokens (B, N, D))`` returns a :class:`PermutationOutput`: in ``train()`` mode the
+    estimator's training behaviour (soft, straight-through or sampled), in ``eval()`` mode always
+    the hard permutation.
+    """
+
+    def __init__(self, num_tokens: int, *, tau: float = 1.0, init_order=None) -> None:
+        super().__init__()
+        self.num_tokens = check_count("num_tokens", num_tokens)
+        self.tau = tau
+        if init_order is None:
+            init_order = torch.arange(num_tokens)
+        init_order = torch.as_tensor(init_order)
+        check_permutation_index("init_order", init_order, num_tokens)
+        if init_order.dim() != 1 or not torch.equal(
+            init_order.sort().values, torch.arange(num_tokens)
+        ):
+            raise ValueError(f"'init_order' should be a permutation of range({num_tokens})")
+        self.register_buffer("init_order", init_order.clone())
+
+    @property
+    def tau(self) -> float:
+        return self._tau
+
+    @tau.setter
+    def tau(self, value: float) -> None:
+        self._tau = check_positive("tau", value)
+
+    def order(self) -> torch.Tensor:
+        """The hard permutation ``(N,)`` that eval applies."""
+        raise NotImplementedError
+
+    def forward(self, tokens: torch.Tensor) -> PermutationOutput:
+        check_float_tensor("tokens", tokens, min_dim=3)
+        if tokens.dim() != 3 or tokens.shape[1] != self.num_tokens:
+            raise ValueError(
+                f"'tokens' should be (B, {self.num_tokens}, D) but got {tuple(tokens.shape)}"
+            )
+        if not self.training:
+            index = self.order().to(tokens.device).expand(tokens.shape[0], -1)  # (B, N)
+            return PermutationOutput(apply_permutation(tokens, index=index), index)
+        return self.train_forward(tokens)
+
+    def train_forward(self, tokens: torch.Tensor) -> PermutationOutput:
+        raise NotImplementedError
+
+    def surrogate_loss(self, out: PermutationOutput, per_sample_loss: torch.Tensor):
+        """The score-function term to add to the task loss; zero for pathwise estimators."""
+        return per_sample_loss.new_zeros(())
+
+    def extra_repr(self) -> str:
+        return f"num_tokens={self.num_tokens}, tau={self.tau:g}"
+
+
+class _ScoreSortEstimator(PermutationEstimator):
+    """One learned score per token, relaxed to a soft permutation by ``self.relax``."""
+
+    def __init__(self, num_tokens: int, *, tau=1.0, init_order=None, hard=False) -> None:
+        super().__init__(num_tokens, tau=tau, init_order=init_order)
+        self.hard = bool(hard)
+        self.scores = nn.Parameter(ramp_scores(self.init_order))
+
+    def relax(self, scores: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def order(self) -> torch.Tensor:
+        return sort_permutation(self.scores.detach())
+
+    def train_forward(self, tokens: torch.Tensor) -> PermutationOutput:
+        P = self.relax(self.scores.to(tokens.dtype)).unsqueeze(0)  # (1, N, N), shared by the batch
+        index = self.order().to(tokens.device).expand(tokens.shape[0], -1)  # (B, N)
+        aux = {
+            "marginal_error": marginal_error(P.detach()).max(),
+            "row_entropy": _entropy_rows(P.detach()),
+        }
+        return PermutationOutput(apply_permutation(tokens, soft=P), index, soft=P, aux=aux)
+
+
+@register_estimator("softsort")
+class SoftSortEstimator(_ScoreSortEstimator):
+    def relax(self, scores):
+        return softsort(scores, tau=self.tau, hard=self.hard)
+
+
+@register_estimator("neuralsort")
+class NeuralSortEstimator(_ScoreSortEstimator):
+    def relax(self, scores):
+        return neuralsort(scores, tau=self.tau, hard=self.hard)
+
+
+@register_estimator("torchsort")
+class TorchSortEstimator(_ScoreSortEstimator):
+    def __init__(self, num_tokens, *, tau=1.0, init_order=None, hard=False, regularization="l2"):
+        super().__init__(num_tokens, tau=tau, init_order=init_order, hard=hard)
+        if regularization not in REGULARIZATIONS:
+            raise ValueError(
+                f"'regularization' should be one of {REGULARIZATIONS} but got {regularization!r}"
+            )
+        self.regularization = regularization
+
+    def relax(self, scores):
+        return soft_rank_permutation(scores, self.tau, self.regularization, hard=self.hard)
+
+
+@register_estimator("ot_sort")
+class OTSortEstimator(_ScoreSortEstimator):
+    def __init__(
+        self, num_tokens, *, tau=0.01, init_order=None, hard=False, n_iters=50,
+        backward="unrolled",
+    ):  # fmt: skip
+        super().__init__(num_tokens, tau=tau, init_order=init_order, hard=hard)
+        self.n_iters = check_count("n_iters", n_iters)
+        if backward not in BACKWARDS:
+            raise ValueError(f"'backward' should be one of {BACKWARDS} but got {backward!r}")
+        self.backward_mode = backward
+
+    def relax(self, scores):
+        return ot_sort(scores, self.tau, self.n_iters, backward=self.backward_mode, hard=self.hard)
+
+
+def _check_samples(samples: str) -> str:
+    if samples not in SAMPLES:
+        raise ValueError(f"'samples' should be one of {SAMPLES} but got {samples!r}")
+    return samples
+
+
+@register_estimator("gumbel_sinkhorn")
+class GumbelSinkhornEstimator(PermutationEstimator):
+    """A learned ``N x N`` log-alpha, Gumbel noise, Sinkhorn (Mena et al. 2018). Eval: the
+    Hungarian assignment of log-alpha. ``init_scale`` is log-alpha's margin for ``init_order``."""
+
+    def __init__(
+        self, num_tokens, *, tau=1.0, init_order=None, n_iters=20, noise=1.0, samples="batch",
+        hard=False, backward="unrolled", init_scale=1.0,
+    ):  # fmt: skip
+        super().__init__(num_tokens, tau=tau, init_order=init_order)
+        self.n_iters = check_count("n_iters", n_iters)
+        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
+            raise ValueError(f"'noise' should be a number >= 0 but got {noise!r}")
+        self.noise = float(noise)
+        self.samples = _check_samples(samples)
+        if backward not in BACKWARDS:
+            raise ValueError(f"'backward' should be one of {BACKWARDS} but got {backward!r}")
+        self.backward_mode = backward
+        self.hard = bool(hard)
+        one_hot = nn.functional.one_hot(self.init_order, num_tokens).float()  # (N, N)
+        self.log_alpha = nn.Parameter(check_positive("init_scale", init_scale) * one_hot)
+
+    def order(self) -> torch.Tensor:
+        return hard_permutation(self.log_alpha.detach())
+
+    def train_forward(self, tokens: torch.Tensor) -> PermutationOutput:
+        b = tokens.shape[0]
+        draws = b if self.samples == "image" else 1
+        log_alpha = self.log_alpha.to(tokens.dtype).expand(draws, -1, -1)  # (S, N, N)
+        P = gumbel_sinkhorn(
+            log_alpha, self.tau, self.n_iters, self.noise, backward=self.backward_mode
+        )  # (S, N, N)
+        index = hard_permutation(P).expand(b, -1)  # (B, N)
+        aux = {
+            "marginal_error": marginal_error(P.detach()).max(),
+            "row_entropy": _entropy_rows(P.detach()),
+        }
+        if self.hard:
+            hard = nn.functional.one_hot(index[:draws], self.num_tokens).to(P.dtype)
+            P = hard - P.detach() + P
+        return PermutationOutput(apply_permutation(tokens, soft=P), index, soft=P, aux=aux)
+
+
+@register_estimator("plackett_luce")
+class PlackettLuceEstimator(PermutationEstimator):
+    """REINFORCE over a Plackett-Luce policy with one logit per token (REOrder's baseline).
+
+    Reward = minus the per-sample task loss; baseline = an EMA of the mean reward (``momentum``);
+    optional entropy bonus ``entropy_weight * H`` with H estimated along the sampled permutation.
+    One permutation per batch (``samples="batch"``, as REOrder) or per image.
+    """
+
+    def __init__(
+        self, num_tokens, *, tau=1.0, init_order=None, samples="batch", momentum=0.99,
+        entropy_weight=0.0,
+    ):  # fmt: skip
+        super().__init__(num_tokens, tau=tau, init_order=init_order)
+        self.samples = _check_samples(samples)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"'momentum' should lie in [0, 1) but got {momentum}")
+        self.momentum = float(momentum)
+        if entropy_weight < 0:
+            raise ValueError(f"'entropy_weight' should be >= 0 but got {entropy_weight}")
+        self.entropy_weight = float(entropy_weight)
+        self.logits = nn.Parameter(ramp_scores(self.init_order))
+        self.register_buffer("baseline", torch.zeros(()))
+        self.register_buffer("baseline_ready", torch.zeros((), dtype=torch.bool))
+
+    def order(self) -> torch.Tensor:
+        return sort_permutation(self.logits.detach())
+
+    def train_forward(self, tokens: torch.Tensor) -> PermutationOutput:
+        b = tokens.shape[0]
+        logits = self.logits.to(tokens.dtype)
+        index = plackett_luce_sample(logits, b if self.samples == "image" else 1, self.tau)
+        index = index.to(tokens.device).expand(b, -1)  # (B, N)
+        log_prob = plackett_luce_log_prob(logits, index, self.tau)  # (B,), at the sampling tau
+        aux = {"log_prob": log_prob.detach().mean(), "baseline": self.baseline.clone()}
+        return PermutationOutput(
+            apply_permutation(tokens, index=index), index, log_prob=log_prob, aux=aux
+        )
+
+    def surrogate_loss(self, out: PermutationOutput, per_sample_loss: torch.Tensor):
+        if out.log_prob is None:
+            raise ValueError("'out' has no log_prob: pass the output of this estimator in train()")
+        reward = -per_sample_loss.detach()  # (B,)
+        if not bool(self.baseline_ready):
+            self.baseline.fill_(reward.mean())
+            self.baseline_ready.fill_(True)
+        advantage = reward - self.baseline
+        loss = -(advantage * out.log_prob).mean()
+        if self.entropy_weight:
+            entropy = plackett_luce_sequential_entropy(self.logits, out.index[:1], self.tau)
+            loss = loss - self.entropy_weight * entropy.mean()
+        with torch.no_grad():
+            self.baseline.mul_(self.momentum).add_((1 - self.momentum) * reward.mean())
+        return loss
