@@ -54,6 +54,8 @@ class PermutationEstimator(nn.Module):
     the hard permutation.
     """
 
+    doubly_stochastic = False  # whether ``out.soft`` also has unit column sums
+
     def __init__(self, num_tokens: int, *, tau: float = 1.0, init_order=None) -> None:
         super().__init__()
         self.num_tokens = check_count("num_tokens", num_tokens)
@@ -154,6 +156,8 @@ class TorchSortEstimator(_ScoreSortEstimator):
 
 @register_estimator("ot_sort")
 class OTSortEstimator(_ScoreSortEstimator):
+    doubly_stochastic = True
+
     def __init__(
         self, num_tokens, *, tau=0.01, init_order=None, hard=False, n_iters=50,
         backward="unrolled",
@@ -178,6 +182,8 @@ def _check_samples(samples: str) -> str:
 class GumbelSinkhornEstimator(PermutationEstimator):
     """A learned ``N x N`` log-alpha, Gumbel noise, Sinkhorn (Mena et al. 2018). Eval: the
     Hungarian assignment of log-alpha. ``init_scale`` is log-alpha's margin for ``init_order``."""
+
+    doubly_stochastic = True
 
     def __init__(
         self, num_tokens, *, tau=1.0, init_order=None, n_iters=20, noise=1.0, samples="batch",

@@ -1,0 +1,182 @@
+"""One contract, run over every registered estimator (timm's style of testing its models)."""
+
+import pytest
+import torch
+
+import estimators
+from estimators import create_estimator, list_estimators
+
+B, N, D = 4, 9, 5
+EXPECTED = {"plackett_luce", "gumbel_sinkhorn", "softsort", "neuralsort", "torchsort", "ot_sort"}
+NAMES = list_estimators()
+
+
+def init_order():
+    order = torch.tensor([3, 7, 0, 8, 1, 5, 2, 6, 4])
+    assert not torch.equal(order[order], torch.arange(N))  # not its own inverse
+    return order
+
+
+def make(name, seed=0, **hparams):
+    torch.manual_seed(seed)
+    return create_estimator(name, num_tokens=N, init_order=init_order(), **hparams)
+
+
+def tokens(seed=1):
+    return torch.randn(B, N, D, generator=torch.Generator().manual_seed(seed))
+
+
+def step(est, x):
+    """One training step's backward; returns the output."""
+    out = est(x)
+    per_sample = (out.tokens * torch.linspace(-1, 1, N).view(1, N, 1)).sum((1, 2))  # (B,)
+    (per_sample.mean() + est.surrogate_loss(out, per_sample)).backward()
+    return out
+
+
+def test_registry_has_every_estimator():
+    assert EXPECTED <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shapes_and_types(name):
+    est = make(name)
+    out = est(tokens())
+    assert isinstance(out, estimators.PermutationOutput)
+    assert out.tokens.shape == (B, N, D) and out.index.shape == (B, N)
+    assert out.index.dtype == torch.long
+    if out.soft is not None:
+        assert out.soft.shape[-2:] == (N, N) and out.soft.shape[0] in (1, B)
+    if out.log_prob is not None:
+        assert out.log_prob.shape == (B,)
+    assert (out.soft is None) != (out.log_prob is None)  # pathwise or score-function
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_soft_matrix_sums(name):
+    est = make(name, tau=0.5)
+    x = tokens()
+    out = est(x)
+    if out.soft is None:  # score-function estimators move whole tokens
+        assert torch.equal(out.tokens, x.gather(1, out.index.unsqueeze(-1).expand(B, N, D)))
+        return
+    ones = torch.ones(out.soft.shape[:-1])
+    if est.doubly_stochastic:  # iterative: both sums within the marginal error it reports
+        err = float(out.aux["marginal_error"])
+        assert err < 0.05
+        assert torch.allclose(out.soft.sum(-1), ones, atol=err + 1e-5)
+        assert torch.allclose(out.soft.sum(-2), ones, atol=err + 1e-5)
+    else:
+        assert torch.allclose(out.soft.sum(-1), ones, atol=1e-5)
+    assert torch.allclose(out.tokens, out.soft @ x, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_index_is_a_valid_permutation_and_nothing_is_nan(name, mode):
+    est = make(name)
+    est.train(mode == "train")
+    out = est(tokens())
+    assert torch.equal(out.index.sort(-1).values, torch.arange(N).expand(B, N))
+    assert torch.isfinite(out.tokens).all()
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in out.aux.values())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_eval_is_hard_and_returns_init_order(name):
+    est = make(name).eval()
+    x = tokens()
+    out = est(x)
+    assert torch.equal(out.index, init_order().expand(B, N))  # the order itself, not its inverse
+    assert torch.equal(out.tokens, x[:, init_order()])
+    assert out.soft is None and out.log_prob is None
+    assert torch.equal(est.order(), init_order())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_parameter_gets_a_gradient(name):
+    est = make(name)
+    assert list(est.parameters())
+    step(est, tokens(1))  # the first step sets REINFORCE's baseline
+    est.zero_grad()
+    step(est, tokens(2))
+    for pname, p in est.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        assert p.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_seed_same_result(name):
+    a, b = make(name, seed=5), make(name, seed=5)
+    torch.manual_seed(11)
+    out_a = step(a, tokens())
+    torch.manual_seed(11)
+    out_b = step(b, tokens())
+    assert torch.equal(out_a.tokens, out_b.tokens) and torch.equal(out_a.index, out_b.index)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa.grad, pb.grad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tau_can_be_set_every_step(name):
+    est = make(name)
+    est.tau = 3.0
+    torch.manual_seed(0)
+    warm = est(tokens())
+    est.tau = 0.05
+    torch.manual_seed(0)
+    cold = est(tokens())
+    assert est.tau == 0.05
+    if warm.soft is not None:
+        assert not torch.allclose(warm.soft, cold.soft)
+    else:
+        assert not torch.allclose(warm.log_prob, cold.log_prob)
+    with pytest.raises(ValueError, match="'tau' should be a positive finite number but got 0"):
+        est.tau = 0.0
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_single_token(name):
+    est = create_estimator(name, num_tokens=1)
+    x = torch.randn(3, 1, 2)
+    out = est(x)
+    assert torch.allclose(out.tokens, x) and torch.equal(
+        out.index, torch.zeros(3, 1, dtype=torch.long)
+    )
+    assert torch.equal(est.eval()(x).tokens, x)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float64(name):
+    est = make(name).double()
+    out = est(tokens().double())
+    assert out.tokens.dtype == torch.float64
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_input(name):
+    est = make(name)
+    with pytest.raises(
+        ValueError, match=f"'tokens' should be \\(B, {N}, D\\) but got \\(4, 8, 5\\)"
+    ):
+        est(torch.zeros(4, 8, 5))
+    with pytest.raises(ValueError, match="'tokens' should have at least 3"):
+        est(torch.zeros(N, 5))
+    with pytest.raises(TypeError, match="'tokens' should be a floating-point tensor"):
+        est(torch.zeros(4, N, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="'num_tokens' should be an int >= 1 but got 0"):
+        create_estimator(name, num_tokens=0)
+    with pytest.raises(ValueError, match="'tau' should be a positive finite number but got -1"):
+        create_estimator(name, num_tokens=N, tau=-1.0)
+    with pytest.raises(ValueError, match="'init_order' should be a permutation of range\\(9\\)"):
+        create_estimator(name, num_tokens=N, init_order=torch.zeros(N, dtype=torch.long))
+
+
+def test_unknown_estimator_lists_the_names():
+    with pytest.raises(ValueError, match="unknown estimator 'sinkhorn'.*gumbel_sinkhorn.*softsort"):
+        create_estimator("sinkhorn", num_tokens=4)
+
+
+def test_none_hparams_mean_default():
+    est = create_estimator("gumbel_sinkhorn", num_tokens=4, n_iters=None, tau=None)
+    assert est.n_iters == 20 and est.tau == 1.0

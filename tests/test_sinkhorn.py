@@ -1,0 +1,157 @@
+"""Sinkhorn: against the plain log-domain reference and POT, both backward modes, stability."""
+
+import warnings
+
+import ot
+import pytest
+import torch
+
+from estimators import (
+    SinkhornConvergenceWarning,
+    gumbel_sinkhorn,
+    marginal_error,
+    sinkhorn,
+    sinkhorn_ref,
+)
+
+ATOL64 = 1e-10  # float64 agreement between two exact evaluations of the same iterations
+ATOL_POT = 1e-5  # our converged plan vs POT's, float32 inputs
+TAUS = [0.3, 1.0, 5.0]
+
+
+@pytest.mark.parametrize("backward", ["unrolled", "implicit"])
+@pytest.mark.parametrize("n_iters", [1, 2, 7, 30])
+def test_matches_log_domain_reference(n_iters, backward):
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, 6, dtype=torch.float64, requires_grad=True)
+    P, R = sinkhorn(x, n_iters=n_iters, backward=backward), sinkhorn_ref(x, n_iters=n_iters)
+    assert torch.allclose(P, R, atol=ATOL64, rtol=0)
+    if backward == "unrolled":  # the exact gradient of the iterations that ran
+        G = torch.randn_like(P)
+        (gp,) = torch.autograd.grad((P * G).sum(), x)
+        (gr,) = torch.autograd.grad((R * G).sum(), x)
+        assert torch.allclose(gp, gr, atol=ATOL64, rtol=0)
+
+
+def test_implicit_gradient_matches_unrolled_once_converged():
+    torch.manual_seed(1)
+    x = torch.randn(2, 8, 8, dtype=torch.float64, requires_grad=True)
+    P_u = sinkhorn(x, n_iters=500)
+    P_i = sinkhorn(x, n_iters=500, backward="implicit")
+    assert float(marginal_error(P_u.detach()).max()) < 1e-12
+    G = torch.randn_like(P_u)
+    (g_u,) = torch.autograd.grad((P_u * G).sum(), x)
+    (g_i,) = torch.autograd.grad((P_i * G).sum(), x)
+    assert torch.allclose(g_u, g_i, atol=1e-10, rtol=0)
+    # ... and not before: after 3 rounds the two gradients differ.
+    P3_u, P3_i = sinkhorn(x, n_iters=3), sinkhorn(x, n_iters=3, backward="implicit")
+    (g3_u,) = torch.autograd.grad((P3_u * G).sum(), x)
+    (g3_i,) = torch.autograd.grad((P3_i * G).sum(), x)
+    assert (g3_u - g3_i).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("tau", TAUS)
+@pytest.mark.parametrize("backward", ["unrolled", "implicit"])
+def test_gradcheck(tau, backward):
+    torch.manual_seed(2)
+    x = torch.randn(2, 5, 5, dtype=torch.float64, requires_grad=True)
+    n_iters = 15 if backward == "unrolled" else 2000  # implicit is the fixed point's gradient
+    assert torch.autograd.gradcheck(
+        lambda a: sinkhorn(a / tau, n_iters=n_iters, backward=backward), (x,), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_pot_once_converged(dtype):
+    torch.manual_seed(3)
+    x = torch.randn(4, 12, 12, dtype=dtype)
+    P = sinkhorn(x, n_iters=1000, tol=1e-7 if dtype == torch.float64 else 1e-6)
+    uniform = torch.full((12,), 1.0 / 12, dtype=torch.float64)
+    for b in range(4):
+        ref = ot.sinkhorn(uniform, uniform, -x[b].double(), 1.0, numItermax=5000, stopThr=1e-12)
+        assert torch.allclose(P[b].double(), ref * 12, atol=ATOL_POT, rtol=0)
+
+
+def test_doubly_stochastic_and_batched_over_leading_dims():
+    torch.manual_seed(4)
+    x = torch.randn(2, 3, 7, 7)
+    P = sinkhorn(x, n_iters=200)
+    assert P.shape == (2, 3, 7, 7)
+    assert torch.allclose(P.sum(-1), torch.ones(2, 3, 7), atol=1e-5)
+    assert torch.allclose(P.sum(-2), torch.ones(2, 3, 7), atol=1e-5)
+    per_matrix = torch.stack([sinkhorn(m, n_iters=200) for m in x.reshape(6, 7, 7)])
+    assert torch.allclose(P.reshape(6, 7, 7), per_matrix, atol=1e-6)
+    unbatched = sinkhorn(x[1, 2], n_iters=200)
+    assert unbatched.shape == (7, 7) and torch.allclose(unbatched, P[1, 2], atol=1e-6)
+
+
+@pytest.mark.parametrize("backward", ["unrolled", "implicit"])
+def test_finite_at_tiny_tau_and_huge_log_alpha(backward):
+    torch.manual_seed(5)
+    log_alpha = (1e3 * torch.randn(4, 32, 32)).requires_grad_()
+    P = gumbel_sinkhorn(log_alpha, tau=1e-3, n_iters=20, noise=0.0, backward=backward)
+    (P * torch.randn_like(P)).sum().backward()
+    assert torch.isfinite(P).all() and torch.isfinite(log_alpha.grad).all()
+    assert torch.allclose(P.sum(-2), torch.ones(4, 32), atol=1e-4)  # columns exact after a round
+
+
+def test_warns_when_tol_not_reached_and_stops_early_when_reached():
+    torch.manual_seed(6)
+    x = 20 * torch.randn(2, 10, 10, dtype=torch.float64)
+    with pytest.warns(SinkhornConvergenceWarning, match="n_iters=3"):
+        sinkhorn(x, n_iters=3, tol=1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        P = sinkhorn(torch.randn(2, 10, 10, dtype=torch.float64), n_iters=10_000, tol=1e-9)
+    assert float(marginal_error(P).max()) < 1e-9
+
+
+def test_gumbel_sinkhorn_noise_and_seed():
+    torch.manual_seed(7)
+    x = torch.randn(3, 6, 6, dtype=torch.float64)
+    assert torch.allclose(
+        gumbel_sinkhorn(x, tau=0.5, noise=0.0), sinkhorn(x / 0.5), atol=ATOL64, rtol=0
+    )
+    a = gumbel_sinkhorn(x, tau=0.5, generator=torch.Generator().manual_seed(1))
+    b = gumbel_sinkhorn(x, tau=0.5, generator=torch.Generator().manual_seed(1))
+    c = gumbel_sinkhorn(x, tau=0.5, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("tau", TAUS)
+def test_gumbel_sinkhorn_gradcheck(tau):
+    x = torch.randn(2, 4, 4, dtype=torch.float64, requires_grad=True)
+    fn = lambda a: gumbel_sinkhorn(a, tau, 10, generator=torch.Generator().manual_seed(0))  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x,), atol=1e-6)
+
+
+def test_n_equals_one():
+    assert torch.equal(sinkhorn(torch.randn(3, 1, 1)), torch.ones(3, 1, 1))
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,message",
+    [
+        (dict(log_alpha=torch.zeros(3, 4, 5)), ValueError, "square.*\\(3, 4, 5\\)"),
+        (dict(log_alpha=torch.zeros(4)), ValueError, "at least 2 dimension"),
+        (dict(log_alpha=torch.zeros(2, 0, 0)), ValueError, "N >= 1"),
+        (dict(log_alpha=torch.zeros(4, 4, dtype=torch.long)), TypeError, "floating-point.*int64"),
+        (dict(log_alpha=[[0.0]]), TypeError, "torch.Tensor but got list"),
+        (
+            dict(log_alpha=torch.zeros(4, 4), n_iters=0),
+            ValueError,
+            "'n_iters' should be an int >= 1",
+        ),
+        (dict(log_alpha=torch.zeros(4, 4), backward="adjoint"), ValueError, "'backward'.*adjoint"),
+        (dict(log_alpha=torch.zeros(4, 4), tol=-1.0), ValueError, "'tol' should be a positive"),
+    ],
+)
+def test_bad_input(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        sinkhorn(**kwargs)
+
+
+@pytest.mark.parametrize("tau", [0.0, -1.0, float("nan")])
+def test_bad_tau(tau):
+    with pytest.raises(ValueError, match="'tau' should be a positive finite number"):
+        gumbel_sinkhorn(torch.zeros(3, 3), tau=tau)
