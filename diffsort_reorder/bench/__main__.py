@@ -1,0 +1,34 @@
+"""``python -m diffsort_reorder.bench {estimators} [--device ...] [--out results.json]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from . import estimators
+
+BENCHMARKS = {"estimators": estimators}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m diffsort_reorder.bench")
+    parser.add_argument("benchmark", choices=sorted(BENCHMARKS))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sizes", default=",".join(f"{b}x{n}" for b, n in estimators.SIZES),
+                        help="comma-separated BxN")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    result = BENCHMARKS[args.benchmark].main(args)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps({"benchmark": args.benchmark, "checks": result.get("checks", [])}))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""The benchmark runs and its target checks can fail (no timing is asserted here)."""
+
+import json
+
+from diffsort_reorder.bench.__main__ import main
+from diffsort_reorder.bench.estimators import OTHERS, SINKHORNS, check_targets
+
+
+def test_estimators_benchmark_runs_small(tmp_path, capsys):
+    result = main(["estimators", "--device", "cpu", "--sizes", "2x8", "--repeats", "1",
+                   "--out", str(tmp_path / "r.json")])  # fmt: skip
+    names = {row["function"] for row in result["rows"]}
+    assert names == set(SINKHORNS) | set(OTHERS)
+    for row in result["rows"]:
+        assert row["ms"] > 0 and (row["peak_mb"] is None or row["peak_mb"] >= 0)
+        if "max_abs_diff_vs_pot" in row:
+            assert row["max_abs_diff_vs_pot"] < 1e-5  # every Sinkhorn gives POT's plan
+    assert json.loads((tmp_path / "r.json").read_text())["rows"] == result["rows"]
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["benchmark"] == "estimators"
+
+
+def test_target_checks_report_failures():
+    def row(function, ms, peak, b=32, n=196, diff=None):
+        return dict(function=function, B=b, N=n, ms=ms, peak_mb=peak, max_abs_diff_vs_pot=diff)
+
+    rows = [
+        row("sinkhorn (ours, unrolled)", 50.0, 10.0, diff=2e-5),
+        row("ref: POT ot.sinkhorn, looped", 100.0, 10.0),
+        row("sinkhorn (ours, implicit)", 1.0, 500.0, b=8, n=1024),
+        row("ref: log-domain unrolled", 1.0, 1000.0, b=8, n=1024),
+    ]
+    assert [c["holds"] for c in check_targets(rows)] == [False, False, False]
+    rows[0].update(ms=10.0, max_abs_diff_vs_pot=1e-7)
+    rows[2].update(peak_mb=50.0)
+    assert [c["holds"] for c in check_targets(rows)] == [True, True, True]
