@@ -119,13 +119,15 @@ class _ScoreSortEstimator(PermutationEstimator):
         return sort_permutation(self.scores.detach())
 
     def train_forward(self, tokens: torch.Tensor) -> PermutationOutput:
+        b = tokens.shape[0]
         P = self.relax(self.scores.to(tokens.dtype)).unsqueeze(0)  # (1, N, N), shared by the batch
-        index = self.order().to(tokens.device).expand(tokens.shape[0], -1)  # (B, N)
+        index = self.order().to(tokens.device).expand(b, -1)  # (B, N)
         aux = {
             "marginal_error": marginal_error(P.detach()).max(),
             "row_entropy": _entropy_rows(P.detach()),
         }
-        return PermutationOutput(apply_permutation(tokens, soft=P), index, soft=P, aux=aux)
+        out = apply_permutation(tokens, soft=P)
+        return PermutationOutput(out, index, soft=P.expand(b, -1, -1), aux=aux)
 
 
 @register_estimator("softsort")
@@ -220,7 +222,8 @@ class GumbelSinkhornEstimator(PermutationEstimator):
         if self.hard:
             hard = nn.functional.one_hot(index[:draws], self.num_tokens).to(P.dtype)
             P = hard - P.detach() + P
-        return PermutationOutput(apply_permutation(tokens, soft=P), index, soft=P, aux=aux)
+        out = apply_permutation(tokens, soft=P)
+        return PermutationOutput(out, index, soft=P.expand(b, -1, -1), aux=aux)
 
 
 @register_estimator("plackett_luce")

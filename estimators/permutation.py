@@ -18,7 +18,7 @@ class PermutationOutput:
 
     tokens: ``(B, N, D)`` reordered tokens (soft, straight-through or hard).
     index: ``(B, N)`` the hard permutation used or implied: slot ``i`` holds token ``index[b, i]``.
-    soft: ``(B, N, N)`` (or ``(1, N, N)`` shared by the batch) soft permutation, or None.
+    soft: ``(B, N, N)`` soft permutation (an expanded view when the batch shares one), or None.
     log_prob: ``(B,)`` log-probability of ``index`` for score-function estimators, else None.
     aux: detached diagnostics (marginal error, entropy, ...), scalars or small tensors.
     """

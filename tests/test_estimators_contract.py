@@ -46,7 +46,7 @@ def test_shapes_and_types(name):
     assert out.tokens.shape == (B, N, D) and out.index.shape == (B, N)
     assert out.index.dtype == torch.long
     if out.soft is not None:
-        assert out.soft.shape[-2:] == (N, N) and out.soft.shape[0] in (1, B)
+        assert out.soft.shape == (B, N, N)
     if out.log_prob is not None:
         assert out.log_prob.shape == (B,)
     assert (out.soft is None) != (out.log_prob is None)  # pathwise or score-function
