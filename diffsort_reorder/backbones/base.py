@@ -1,0 +1,71 @@
+"""What every backbone shares: sizes, the readout, the classification head.
+
+A backbone takes patch tokens ``(B, N, D)`` already in sequence order and returns class logits
+``(B, num_classes)``. One that reads a CLS token owns it: it prepends its own learned token at
+slot 0 (``readout="cls"``); ``"last"`` reads the final token (as ARM/Mamba do) and ``"mean"``
+averages the patch tokens. Positional embeddings are added before the backbone
+(see ``diffsort_reorder.model``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+READOUTS = ("cls", "last", "mean")
+
+# dim, depth, num_heads: tiny for CPU tests and studies, small/base for GPU runs.
+SIZES = {
+    "tiny": dict(dim=64, depth=2, num_heads=4),
+    "small": dict(dim=384, depth=12, num_heads=6),
+    "base": dict(dim=768, depth=12, num_heads=12),
+}
+
+
+class SequenceBackbone(nn.Module):
+    """Base class: holds the optional CLS token, the final norm and the head."""
+
+    def __init__(self, dim: int, num_classes: int, num_tokens: int, readout: str) -> None:
+        super().__init__()
+        if readout not in READOUTS:
+            raise ValueError(f"'readout' should be one of {READOUTS} but got {readout!r}")
+        for name, value in (("dim", dim), ("num_classes", num_classes), ("num_tokens", num_tokens)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"'{name}' should be a positive int but got {value!r}")
+        self.dim, self.num_classes, self.num_tokens, self.readout = (
+            dim,
+            num_classes,
+            num_tokens,
+            readout,
+        )
+        self.num_prefix_tokens = 1 if readout == "cls" else 0
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if readout == "cls" else None
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"'x' should be (B, N, {self.dim}) but got {tuple(x.shape)}")
+        if x.shape[1] > self.num_tokens:
+            raise ValueError(
+                f"'x' has {x.shape[1]} tokens but the backbone was built for at most "
+                f"{self.num_tokens}"
+            )
+
+    def add_prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """Prepend the CLS token when the readout uses one: ``(B, N, D) -> (B, P + N, D)``."""
+        if self.cls_token is None:
+            return x
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+
+    def classify(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits from the final hidden states ``(B, P + N, D)``."""
+        if self.readout == "cls":
+            pooled = h[:, 0]
+        elif self.readout == "last":
+            pooled = h[:, -1]
+        else:
+            pooled = h[:, self.num_prefix_tokens :].mean(1)
+        return self.head(self.norm(pooled))
