@@ -266,8 +266,8 @@ class PlackettLuceEstimator(PermutationEstimator):
         )
 
     def surrogate_loss(self, out: PermutationOutput, per_sample_loss: torch.Tensor):
-        if out.log_prob is None:
-            raise ValueError("'out' has no log_prob: pass the output of this estimator in train()")
+        if out.log_prob is None:  # an eval (hard, not sampled) output: nothing to reinforce
+            return per_sample_loss.new_zeros(())
         reward = -per_sample_loss.detach()  # (B,)
         if not bool(self.baseline_ready):
             self.baseline.fill_(reward.mean())

@@ -1,0 +1,41 @@
+"""Composing run configs from ``configs/`` with Hydra's compose API.
+
+``method=<estimator>`` also selects the config group ``estimator=<estimator>`` (its learning rate,
+temperature schedule, starting order and hyper-parameters) unless ``estimator=`` is given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from estimators import list_estimators
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _value_of(overrides: list[str], key: str) -> str | None:
+    """The value the last ``key=value`` override gives (``+key=`` and ``++key=`` too)."""
+    value = None
+    for item in overrides:
+        name, sep, rest = item.partition("=")
+        if sep and name.lstrip("+") == key:
+            value = rest
+    return value
+
+
+def compose_config(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
+    """The composed config for ``overrides`` (Hydra's override syntax)."""
+    overrides = list(overrides or [])
+    method = _value_of(overrides, "method")
+    if method in list_estimators() and _value_of(overrides, "estimator") is None:
+        overrides.append(f"estimator={method}")
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides)
+    return cfg
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

@@ -1,0 +1,66 @@
+"""What ``method=`` and an estimator's ``init`` may name, resolved to an orderer module.
+
+A method is a scan order (``row_major``, ``hilbert``, ...), ``oracle`` (datasets that define one)
+or any registered estimator. Every orderer is a :class:`estimators.PermutationEstimator`, so the
+training loop runs them all the same way: fixed orders are estimators without parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from estimators import PermutationEstimator, create_estimator, list_estimators
+
+from .orderings import ORDERINGS, scan_order
+
+
+class FixedOrder(PermutationEstimator):
+    """A fixed permutation, in training and in eval."""
+
+    def __init__(self, order: torch.Tensor) -> None:
+        super().__init__(order.numel(), init_order=order)
+
+    def order(self) -> torch.Tensor:
+        return self.init_order
+
+    def train_forward(self, tokens):
+        self.eval()
+        try:
+            return self.forward(tokens)
+        finally:
+            self.train()
+
+
+def fixed_orders() -> list[str]:
+    return [*sorted(ORDERINGS), "oracle"]
+
+
+def list_methods() -> list[str]:
+    return [*fixed_orders(), *list_estimators()]
+
+
+def resolve_order(name: str, dataset, grid: tuple[int, int]) -> torch.Tensor:
+    """The order ``(N,)`` that ``name`` stands for on ``dataset``'s ``grid``."""
+    if name in ORDERINGS:
+        return scan_order(name, *grid)
+    if name == "oracle":
+        return dataset.oracle_order()
+    raise ValueError(
+        f"unknown order {name!r}; a fixed order is one of: {', '.join(fixed_orders())}"
+    )
+
+
+def build_orderer(
+    method: str, dataset, grid: tuple[int, int], estimator_cfg=None
+) -> PermutationEstimator:
+    """The orderer for ``method``; estimators start from ``estimator_cfg.init`` (a fixed order)
+    with ``estimator_cfg.hparams``."""
+    if method in list_estimators():
+        if estimator_cfg is None or estimator_cfg.get("name") != method:
+            raise ValueError(f"method {method!r} is an estimator but no 'estimator' config for it")
+        init = resolve_order(estimator_cfg.get("init", "row_major"), dataset, grid)
+        hparams = dict(estimator_cfg.get("hparams") or {})
+        return create_estimator(method, num_tokens=init.numel(), init_order=init, **hparams)
+    if method in fixed_orders():
+        return FixedOrder(resolve_order(method, dataset, grid))
+    raise ValueError(f"unknown method {method!r}; available methods: {', '.join(list_methods())}")

@@ -1,0 +1,47 @@
+"""The patch-sequence classifier: patches -> embedding (+ positional embedding) -> backbone.
+
+The ordering sits between ``embed`` and ``classify`` and is not part of the model: the training
+loop runs ``model.classify(orderer(model.embed(patches)).tokens)`` whatever the orderer is.
+
+Positional embeddings (``pos_embed``):
+- ``patch``: one per grid location, added before the ordering, so each patch keeps its location's
+  embedding wherever it is placed (REOrder's learned-order setting);
+- ``slot``: one per sequence position, added after the ordering;
+- ``none``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .backbones import SequenceBackbone
+
+POS_EMBEDS = ("patch", "slot", "none")
+
+
+class PatchSequenceModel(nn.Module):
+    def __init__(
+        self, patch_dim: int, num_tokens: int, backbone: SequenceBackbone, pos_embed: str = "patch"
+    ) -> None:
+        super().__init__()
+        if pos_embed not in POS_EMBEDS:
+            raise ValueError(f"'pos_embed' should be one of {POS_EMBEDS} but got {pos_embed!r}")
+        self.pos_embed_mode = pos_embed
+        self.patch_embed = nn.Linear(patch_dim, backbone.dim)
+        self.pos_embed = None
+        if pos_embed != "none":
+            self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, backbone.dim))
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.backbone = backbone
+
+    def embed(self, patches: torch.Tensor) -> torch.Tensor:
+        """Row-major patches ``(B, N, C*p*p)`` -> tokens ``(B, N, D)``, before the ordering."""
+        x = self.patch_embed(patches)
+        return x + self.pos_embed if self.pos_embed_mode == "patch" else x
+
+    def classify(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Ordered tokens ``(B, N, D)`` -> logits ``(B, C)``."""
+        if self.pos_embed_mode == "slot":
+            tokens = tokens + self.pos_embed
+        return self.backbone(tokens)

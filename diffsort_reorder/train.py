@@ -1,0 +1,367 @@
+"""The one training loop every orderer and backbone shares.
+
+``train(cfg)`` runs data -> patchify -> embedding -> orderer -> backbone -> cross-entropy (+ the
+orderer's surrogate loss). It knows nothing about which estimator or backbone it runs: every
+orderer returns a ``PermutationOutput`` and offers ``surrogate_loss``; every backbone maps tokens to
+logits. ``python -m diffsort_reorder.train key=value ...`` composes the config from ``configs/``
+and prints the returned metrics as one JSON line, last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from . import __version__
+from .backbones import create_backbone
+from .checkpoint import load, save_atomic
+from .config import compose_config
+from .data import create_dataset, grid_shape, patchify
+from .methods import build_orderer
+from .model import PatchSequenceModel
+from .runlog import RunLogger
+from .schedules import tau_at
+
+CHECKPOINT = "checkpoint.pt"
+# Keys that may differ when resuming: how the run is driven, not what it computes.
+RUNTIME_KEYS = ("resume", "stop_after_epochs", "progress", "log_dir")
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 0 at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def constant_lr(step: int) -> float:
+    return 1.0
+
+
+def phase_at(epoch: int, fixed_epochs: int, policy_epochs: int) -> str:
+    """REOrder's curriculum: ``fixed`` (initial order), ``policy`` (learning it), ``frozen``."""
+    if epoch < fixed_epochs:
+        return "fixed"
+    return "policy" if epoch < fixed_epochs + policy_epochs else "frozen"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002  (libraries may draw from numpy's global RNG)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),  # noqa: NPY002
+        "random": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    random.setstate(state["random"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def code_version() -> str:
+    """The git commit of the code that ran (``+dirty`` with local changes), else the version."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
+                                capture_output=True, text=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()  # fmt: skip
+        return f"{commit}{'+dirty' if dirty else ''}"
+    except (OSError, subprocess.CalledProcessError):
+        return __version__
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "'trainer.device' is 'cuda' but no CUDA device is available; use auto or cpu"
+        )
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"'trainer.device' should be auto, cpu or cuda but got {name!r}")
+    return torch.device(name)
+
+
+def batches(dataset, batch_size: int, generator: torch.Generator | None):
+    """``(images, labels)`` batches; shuffled by ``generator`` (a fixed order when None)."""
+    n = len(dataset)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        if hasattr(dataset, "images"):  # in memory: slice, no per-item overhead
+            yield dataset.images[idx], dataset.labels[idx]
+        else:
+            items = [dataset[int(i)] for i in idx]
+            yield torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
+
+def show_progress(setting) -> bool:
+    if setting == "auto":
+        return sys.stderr.isatty() and not os.environ.get("CI")
+    return bool(setting)
+
+
+def _check_resumable(saved: dict, cfg: dict, path: Path) -> None:
+    def strip(c: dict) -> dict:
+        return {**c, "trainer": {k: v for k, v in c["trainer"].items() if k not in RUNTIME_KEYS}}
+
+    if strip(saved) != strip(cfg):
+        raise ValueError(
+            f"{str(path)!r} was written by a run with another config; use a new output_dir or "
+            f"trainer.resume=false"
+        )
+
+
+@dataclass
+class Run:
+    """Everything one run builds from its config; the loop below only reads and steps it."""
+
+    cfg: DictConfig
+    device: torch.device
+    train_set: object
+    val_set: object
+    grid: tuple[int, int]
+    model: PatchSequenceModel
+    orderer: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    steps_per_epoch: int
+
+    def autocast(self):
+        if self.device.type == "cuda" and self.cfg.trainer.amp:
+            return torch.autocast("cuda", torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def params(self) -> list[torch.Tensor]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def policy_tau(self, step: int) -> float | None:
+        """The estimator's temperature at global ``step`` in the policy phase; None without one."""
+        est, t = self.cfg.get("estimator"), self.cfg.trainer
+        if est is None:
+            return None
+        policy_step = step - t.curriculum.fixed_epochs * self.steps_per_epoch
+        policy_steps = max(1, t.curriculum.policy_epochs * self.steps_per_epoch)
+        return tau_at(policy_step, policy_steps, est.tau.schedule, est.tau.max, est.tau.min)
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> dict:
+    """Validation loss and accuracy with the hard order."""
+    run.model.eval()
+    run.orderer.eval()
+    loss_sum, correct, patch_size = 0.0, 0, run.cfg.data.patch_size
+    for images, labels in batches(run.val_set, run.cfg.trainer.batch_size, None):
+        images, labels = images.to(run.device), labels.to(run.device)
+        with run.autocast():
+            logits = run.model.classify(
+                run.orderer(run.model.embed(patchify(images, patch_size))).tokens
+            )
+        loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
+        correct += int((logits.argmax(-1) == labels).sum())
+    return {"val_loss": loss_sum / len(run.val_set), "val_acc": correct / len(run.val_set)}
+
+
+def build_run(cfg: DictConfig) -> Run:
+    t, data_cfg = cfg.trainer, cfg.data
+    device = resolve_device(t.device)
+    options = OmegaConf.to_container(data_cfg.options, resolve=True) or {}
+    train_set, val_set = create_dataset(data_cfg.name, **options)
+    c, h, w = train_set.image_shape
+    grid = grid_shape(h, w, data_cfg.patch_size)
+    num_tokens = grid[0] * grid[1]
+    backbone = create_backbone(
+        cfg.backbone.name,
+        size=cfg.backbone.size,
+        num_tokens=num_tokens,
+        num_classes=train_set.num_classes,
+        **(OmegaConf.to_container(cfg.backbone.options, resolve=True) or {}),
+    )
+    model = PatchSequenceModel(c * data_cfg.patch_size**2, num_tokens, backbone, cfg.pos_embed)
+    model = model.to(device)
+    orderer = build_orderer(cfg.method, train_set, grid, cfg.get("estimator")).to(device)
+    if t.compile:
+        model.backbone = torch.compile(model.backbone)
+    # Weight decay on the model's matrices only; the orderer has its own lr and no decay.
+    groups = [
+        {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": t.weight_decay},
+        {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    if list(orderer.parameters()):
+        groups.append(
+            {"params": list(orderer.parameters()), "weight_decay": 0.0, "lr": cfg.estimator.lr}
+        )
+    optimizer = torch.optim.AdamW(groups, lr=t.lr)
+    steps_per_epoch = math.ceil(len(train_set) / t.batch_size)
+    total, warmup = t.epochs * steps_per_epoch, t.warmup_epochs * steps_per_epoch
+    model_lr = functools.partial(lr_factor, warmup_steps=warmup, total_steps=total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [model_lr, model_lr] + [constant_lr] * (len(groups) - 2)
+    )
+    return Run(cfg, device, train_set, val_set, grid, model, orderer, optimizer, scheduler,
+               steps_per_epoch)  # fmt: skip
+
+
+def train_epoch(run: Run, epoch: int, step: int, log: RunLogger) -> tuple[dict, int, object]:
+    """One epoch; returns its train metrics, the new global step and the last soft matrix."""
+    t, patch_size = run.cfg.trainer, run.cfg.data.patch_size
+    phase = phase_at(epoch, t.curriculum.fixed_epochs, t.curriculum.policy_epochs)
+    run.model.train()
+    run.orderer.train(phase == "policy")  # fixed and frozen phases use the hard order
+    gen = torch.Generator().manual_seed(run.cfg.seed * 100_003 + epoch)  # resumable data order
+    loss_sum, correct, seen, soft = 0.0, 0, 0, None
+    for images, labels in batches(run.train_set, t.batch_size, gen):
+        images, labels = images.to(run.device), labels.to(run.device)
+        tau = run.policy_tau(step) if phase == "policy" else None
+        if tau is not None:
+            run.orderer.tau = tau
+        # 1. Embed, order, classify; the orderer's surrogate term joins the task loss.
+        with run.autocast():
+            out = run.orderer(run.model.embed(patchify(images, patch_size)))
+            logits = run.model.classify(out.tokens)
+        per_sample = F.cross_entropy(logits.float(), labels, reduction="none")  # (B,)
+        loss = per_sample.mean() + run.orderer.surrogate_loss(out, per_sample)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss {float(loss.detach())} at epoch {epoch}, step {step}"
+            )
+        # 2. Backward; a non-finite gradient stops the run before it reaches the weights.
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(run.params(), t.grad_clip or float("inf"))
+        if not torch.isfinite(norm):
+            raise FloatingPointError(f"non-finite gradient norm at epoch {epoch}, step {step}")
+        # 3. Step the weights and the learning rate.
+        run.optimizer.step()
+        run.scheduler.step()
+        step += 1
+        loss_sum += float(per_sample.detach().sum())
+        correct += int((logits.argmax(-1) == labels).sum())
+        seen += labels.numel()
+        soft = out.soft[0] if out.soft is not None else soft
+        if step % t.log_every == 0:
+            aux = {f"aux/{k}": v for k, v in out.aux.items() if torch.as_tensor(v).numel() == 1}
+            lr = run.scheduler.get_last_lr()[0]
+            log.scalars(step, {"train/loss": loss, "tau": run.orderer.tau, "lr": lr, **aux})
+    return {"phase": phase, "train_loss": loss_sum / seen, "train_acc": correct / seen}, step, soft
+
+
+def train(cfg: DictConfig) -> dict:
+    """Train one run as ``cfg`` says; returns its metrics (see the module docstring)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    t = cfg.trainer
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (out_dir / "run.json").write_text(json.dumps({"code_version": code_version()}) + "\n")
+    seed_everything(cfg.seed)
+    run = build_run(cfg)
+
+    # 1. Resume from the last finished epoch, if a checkpoint of this config exists.
+    ckpt_path = out_dir / CHECKPOINT
+    state = {"epoch": 0, "step": 0, "best_val_acc": 0.0, "history": [], "train_seconds": 0.0}
+    if t.resume and ckpt_path.exists():
+        saved = load(ckpt_path)
+        _check_resumable(saved["config"], resolved, ckpt_path)
+        for name in ("model", "orderer", "optimizer", "scheduler"):
+            getattr(run, name).load_state_dict(saved[name])
+        set_rng_state(saved["rng"])
+        state = {k: saved[k] for k in state}
+
+    log = RunLogger(t.get("log_dir") or out_dir / "tb", run.grid)
+    epochs = range(state["epoch"], t.epochs)
+    bar = tqdm(epochs, desc=f"{cfg.method}/{cfg.backbone.name}", initial=state["epoch"],
+               total=t.epochs, disable=not show_progress(t.progress))  # fmt: skip
+    for epoch in bar:
+        if t.stop_after_epochs is not None and epoch >= t.stop_after_epochs:
+            break  # as if interrupted: the checkpoint holds every finished epoch
+        # 2. Train one epoch.
+        started = time.perf_counter()
+        metrics, state["step"], soft = train_epoch(run, epoch, state["step"], log)
+        state["train_seconds"] += time.perf_counter() - started
+        # 3. Validate and log.
+        metrics = {"epoch": epoch + 1, **metrics, **evaluate(run)}
+        state["best_val_acc"] = max(state["best_val_acc"], metrics["val_acc"])
+        state["history"].append(metrics)
+        state["epoch"] = epoch + 1
+        scalars = {
+            f"{k.replace('_', '/', 1)}": metrics[k] for k in ("train_acc", "val_loss", "val_acc")
+        }
+        log.scalars(state["step"], scalars)
+        if epoch % t.image_every == 0 or epoch + 1 == t.epochs:
+            log.order(state["step"], run.orderer.order().cpu(), f"{cfg.method} epoch {epoch + 1}")
+            if soft is not None:
+                log.soft_matrix(state["step"], soft)
+        bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['val_acc']:.3f}")
+        # 4. Checkpoint atomically: a crash leaves the previous epoch's file whole.
+        if t.checkpoint:
+            modules = {
+                n: getattr(run, n).state_dict()
+                for n in ("model", "orderer", "optimizer", "scheduler")
+            }
+            save_atomic({"config": resolved, **state, **modules, "rng": rng_state()}, ckpt_path)
+            log.flush()
+
+    history = state["history"]
+    last = history[-1] if history else {}
+    result = {
+        "val_acc": last.get("val_acc"),
+        "best_val_acc": state["best_val_acc"],
+        "val_loss": last.get("val_loss"),
+        "train_seconds": round(state["train_seconds"], 2),
+        "steps": state["step"],
+        "epochs": len(history),
+        "finished": len(history) == t.epochs,
+        "method": cfg.method,
+        "backbone": cfg.backbone.name,
+        "data": cfg.data.name,
+        "seed": cfg.seed,
+        "order": run.orderer.order().cpu().tolist(),
+        "output_dir": str(out_dir),
+    }
+    if result["finished"]:
+        log.hparams(resolved, {"hparam/val_acc": result["val_acc"],
+                               "hparam/best_val_acc": result["best_val_acc"]})  # fmt: skip
+    log.close()
+    (out_dir / "result.json").write_text(json.dumps(result) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = compose_config(sys.argv[1:] if argv is None else argv)
+    result = train(cfg)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

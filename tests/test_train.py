@@ -1,0 +1,200 @@
+"""The training loop: every orderer trains, resuming is exact, failures are clean, runs logged."""
+
+import json
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from diffsort_reorder import train as train_module
+from diffsort_reorder.checkpoint import load
+from diffsort_reorder.config import compose_config
+from diffsort_reorder.methods import list_methods
+from diffsort_reorder.train import lr_factor, phase_at, train
+from estimators import list_estimators
+
+# A run of a few seconds: 4x4 patch grid, 64 training images, a one-block backbone.
+TINY = [
+    "trainer=debug",
+    "data.options.num_train=64",
+    "data.options.num_val=32",
+    "data.options.grid_size=4",
+    "data.options.num_keys=2",
+    "+backbone.options.dim=32",
+    "+backbone.options.depth=1",
+    "trainer.batch_size=16",
+    "trainer.progress=false",
+]
+
+
+def tiny(tmp_path, *overrides):
+    return compose_config([*TINY, f"output_dir={tmp_path}", *overrides])
+
+
+def test_lr_warmup_then_cosine():
+    assert lr_factor(0, 4, 20) == pytest.approx(0.25)
+    assert lr_factor(3, 4, 20) == pytest.approx(1.0)
+    assert lr_factor(12, 4, 20) == pytest.approx(0.5)
+    assert lr_factor(19, 4, 20) < 0.01
+    assert lr_factor(0, 0, 10) == pytest.approx(1.0)
+
+
+def test_curriculum_phases():
+    assert [phase_at(e, 2, 3) for e in range(7)] == ["fixed"] * 2 + ["policy"] * 3 + ["frozen"] * 2
+
+
+def test_method_selects_its_estimator_config():
+    cfg = compose_config(["method=softsort"])
+    assert cfg.estimator.name == "softsort" and cfg.method == "softsort"
+    assert compose_config(["method=hilbert"]).estimator is None
+
+
+@pytest.mark.parametrize("method", list_estimators())
+def test_every_estimator_trains_one_tiny_epoch(tmp_path, method):
+    cfg = tiny(tmp_path, f"method={method}", "trainer.epochs=1")
+    before = None
+    result = train(cfg)
+    assert result["finished"] and result["steps"] == 4 and 0.0 <= result["val_acc"] <= 1.0
+    order = torch.tensor(result["order"])
+    assert torch.equal(order.sort().values, torch.arange(16))
+    state = load(tmp_path / "checkpoint.pt")
+    init = state["orderer"]["init_order"]
+    learned = {k: v for k, v in state["orderer"].items() if k not in ("init_order",)}
+    assert learned and before is None  # the estimator's parameters are in the checkpoint
+    assert torch.equal(init, torch.arange(16))  # started from row_major, as its config says
+
+
+@pytest.mark.parametrize("method", ["row_major", "hilbert", "oracle"])
+def test_fixed_orders_train(tmp_path, method):
+    result = train(tiny(tmp_path, f"method={method}", "trainer.epochs=1"))
+    assert result["finished"]
+    if method == "oracle":
+        assert result["order"][-2:] == sorted(result["order"][-2:])  # the keys come last
+
+
+@pytest.mark.parametrize("backbone", ["vit", "local", "txl", "mamba"])
+def test_every_backbone_trains(tmp_path, backbone):
+    extra = {"txl": ["backbone.options.segment=8"], "mamba": ["backbone.options.d_state=4"]}
+    extra = extra.get(backbone, [])
+    result = train(tiny(tmp_path, f"backbone={backbone}", "trainer.epochs=1", *extra))
+    assert result["finished"] and result["backbone"] == backbone
+
+
+def test_resume_gives_the_uninterrupted_result(tmp_path):
+    full = train(tiny(tmp_path / "full", "method=plackett_luce"))
+    partial = train(tiny(tmp_path / "cut", "method=plackett_luce", "trainer.stop_after_epochs=1"))
+    assert not partial["finished"] and partial["epochs"] == 1
+    resumed = train(tiny(tmp_path / "cut", "method=plackett_luce"))
+    assert resumed["finished"]
+    for key in ("val_acc", "val_loss", "best_val_acc", "steps", "order"):
+        assert resumed[key] == full[key], key
+    a, b = load(tmp_path / "full" / "checkpoint.pt"), load(tmp_path / "cut" / "checkpoint.pt")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_resume_refuses_another_config(tmp_path):
+    train(tiny(tmp_path, "trainer.stop_after_epochs=1"))
+    with pytest.raises(ValueError, match="another config; use a new output_dir"):
+        train(tiny(tmp_path, "trainer.lr=0.1"))
+
+
+def test_nan_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path, "method=softsort", "trainer.stop_after_epochs=1")
+    train(cfg)
+    ckpt = tmp_path / "checkpoint.pt"
+    good = ckpt.read_bytes()
+
+    real = train_module.F.cross_entropy
+
+    def poisoned(logits, labels, **kwargs):
+        return real(logits, labels, **kwargs) * float("nan")
+
+    monkeypatch.setattr(train_module.F, "cross_entropy", poisoned)
+    with pytest.raises(FloatingPointError, match="non-finite loss nan at epoch 1"):
+        train(tiny(tmp_path, "method=softsort"))
+    assert ckpt.read_bytes() == good and load(ckpt)["epoch"] == 1
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_non_finite_gradient_is_caught(tmp_path, monkeypatch):
+    real = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(
+        torch.nn.utils,
+        "clip_grad_norm_",
+        lambda params, max_norm: real(params, max_norm) * float("inf"),
+    )
+    with pytest.raises(FloatingPointError, match="non-finite gradient norm at epoch 0, step 0"):
+        train(tiny(tmp_path))
+
+
+def test_tensorboard_has_curves_images_and_hparams(tmp_path):
+    train(tiny(tmp_path, "method=gumbel_sinkhorn", "trainer.log_every=1"))
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()
+    for tag in (
+        "train/loss",
+        "val/acc",
+        "val/loss",
+        "train/acc",
+        "tau",
+        "lr",
+        "aux/marginal_error",
+    ):
+        assert tag in tags["scalars"], tag
+    assert {"order", "soft_permutation"} <= set(tags["images"])
+    assert len(events.Scalars("val/acc")) == 2
+    taus = [e.value for e in events.Scalars("tau")]
+    assert max(taus) > min(taus)  # tau followed its schedule during the policy phase
+    plugin = events.PluginTagToContent("hparams")
+    assert plugin  # hparams written into the run's own directory
+    assert not [p for p in (tmp_path / "tb").iterdir() if p.is_dir()]  # no stray sub-run
+
+
+def test_run_records_config_and_code_version(tmp_path):
+    train(tiny(tmp_path, "seed=3"))
+    assert "seed: 3" in (tmp_path / "config.yaml").read_text()
+    assert json.loads((tmp_path / "run.json").read_text())["code_version"]
+
+
+def test_cli_prints_metrics_as_the_last_line(tmp_path, capsys):
+    train_module.main([*TINY, f"output_dir={tmp_path}", "trainer.epochs=1"])
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("val_acc", "best_val_acc", "train_seconds", "steps", "order"):
+        assert key in last
+    assert 0.0 <= last["val_acc"] <= 1.0
+
+
+def test_same_seed_same_result(tmp_path):
+    a = train(tiny(tmp_path / "a", "method=plackett_luce", "trainer.checkpoint=false"))
+    b = train(tiny(tmp_path / "b", "method=plackett_luce", "trainer.checkpoint=false"))
+    assert a["val_loss"] == b["val_loss"] and a["order"] == b["order"]
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["method=zigzag"], "unknown method 'zigzag'; available methods: .*row_major.*softsort"),
+        (
+            ["backbone.name=rnn"],
+            "unknown backbone 'rnn'; available backbones: local, mamba, txl, vit",
+        ),
+        (["data=digits", "method=oracle"], "defines no oracle order"),
+        (["trainer.device=tpu"], "'trainer.device' should be auto, cpu or cuda"),
+        (["pos_embed=rope"], "'pos_embed' should be one of"),
+    ],
+)
+def test_bad_config(tmp_path, overrides, message):
+    planted = "data=digits" not in overrides  # TINY shrinks the planted data
+    cfg = (
+        tiny(tmp_path, *overrides)
+        if planted
+        else compose_config([*overrides, f"output_dir={tmp_path}"])
+    )
+    with pytest.raises(ValueError, match=message):
+        train(cfg)
+
+
+def test_methods_cover_orders_oracle_and_estimators():
+    assert {"row_major", "hilbert", "oracle", "softsort", "plackett_luce"} <= set(list_methods())
