@@ -72,7 +72,7 @@ def test_planted_seeds_move_the_keys():
 
 
 def test_planted_images_are_valid():
-    train, val = create_dataset("planted", seed=0, **SMALL)
+    train, val = create_dataset("planted", seed=0, num_keys=4, **SMALL)
     assert train.images.shape == (256, 1, 32, 32) and len(val) == 64
     assert 0.0 <= train.images.min() and train.images.max() <= 1.0
     image, label = train[5]

@@ -119,7 +119,7 @@ def planted(
     grid_size: int = 8,
     patch_size: int = 4,
     channels: int = 1,
-    num_keys: int = 4,
+    num_keys: int = 8,
     num_symbols: int = 2,
     num_classes: int | None = None,
     noise: float = 0.1,
