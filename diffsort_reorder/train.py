@@ -231,9 +231,35 @@ def build_run(cfg: DictConfig) -> Run:
                steps_per_epoch)  # fmt: skip
 
 
+def train_step(run: Run, images, labels, epoch: int = 0, step: int = 0):
+    """One optimizer step on a batch; returns the orderer's output, the logits and the
+    per-sample losses."""
+    t = run.cfg.trainer
+    # 1. Embed, order, classify; the orderer's surrogate term joins the task loss.
+    with run.autocast():
+        out = run.orderer(run.model.embed(patchify(images, run.cfg.data.patch_size)))
+        logits = run.model.classify(out.tokens)
+    per_sample = F.cross_entropy(logits.float(), labels, reduction="none")  # (B,)
+    loss = per_sample.mean() + run.orderer.surrogate_loss(out, per_sample)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"non-finite loss {float(loss.detach())} at epoch {epoch}, step {step}"
+        )
+    # 2. Backward; a non-finite gradient stops the run before it reaches the weights.
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(run.params(), t.grad_clip or float("inf"))
+    if not torch.isfinite(norm):
+        raise FloatingPointError(f"non-finite gradient norm at epoch {epoch}, step {step}")
+    # 3. Step the weights and the learning rate.
+    run.optimizer.step()
+    run.scheduler.step()
+    return out, logits, per_sample.detach()
+
+
 def train_epoch(run: Run, epoch: int, step: int, log: RunLogger) -> tuple[dict, int, object]:
     """One epoch; returns its train metrics, the new global step and the last soft matrix."""
-    t, patch_size = run.cfg.trainer, run.cfg.data.patch_size
+    t = run.cfg.trainer
     phase = phase_at(epoch, t.curriculum.fixed_epochs, t.curriculum.policy_epochs)
     run.model.train()
     run.orderer.train(phase == "policy")  # fixed and frozen phases use the hard order
@@ -244,33 +270,16 @@ def train_epoch(run: Run, epoch: int, step: int, log: RunLogger) -> tuple[dict, 
         tau = run.policy_tau(step) if phase == "policy" else None
         if tau is not None:
             run.orderer.tau = tau
-        # 1. Embed, order, classify; the orderer's surrogate term joins the task loss.
-        with run.autocast():
-            out = run.orderer(run.model.embed(patchify(images, patch_size)))
-            logits = run.model.classify(out.tokens)
-        per_sample = F.cross_entropy(logits.float(), labels, reduction="none")  # (B,)
-        loss = per_sample.mean() + run.orderer.surrogate_loss(out, per_sample)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite loss {float(loss.detach())} at epoch {epoch}, step {step}"
-            )
-        # 2. Backward; a non-finite gradient stops the run before it reaches the weights.
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(run.params(), t.grad_clip or float("inf"))
-        if not torch.isfinite(norm):
-            raise FloatingPointError(f"non-finite gradient norm at epoch {epoch}, step {step}")
-        # 3. Step the weights and the learning rate.
-        run.optimizer.step()
-        run.scheduler.step()
+        out, logits, per_sample = train_step(run, images, labels, epoch, step)
         step += 1
-        loss_sum += float(per_sample.detach().sum())
+        loss_sum += float(per_sample.sum())
         correct += int((logits.argmax(-1) == labels).sum())
         seen += labels.numel()
         soft = out.soft[0] if out.soft is not None else soft
         if step % t.log_every == 0:
             aux = {f"aux/{k}": v for k, v in out.aux.items() if torch.as_tensor(v).numel() == 1}
             lr = run.scheduler.get_last_lr()[0]
+            loss = per_sample.mean()
             log.scalars(step, {"train/loss": loss, "tau": run.orderer.tau, "lr": lr, **aux})
     return {"phase": phase, "train_loss": loss_sum / seen, "train_acc": correct / seen}, step, soft
 

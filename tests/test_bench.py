@@ -33,3 +33,15 @@ def test_target_checks_report_failures():
     rows[0].update(ms=10.0, max_abs_diff_vs_pot=1e-7)
     rows[2].update(peak_mb=50.0)
     assert [c["holds"] for c in check_targets(rows)] == [True, True, True]
+
+
+def test_train_step_benchmark_times_the_real_step():
+    from diffsort_reorder.bench.train import check_targets, step_seconds
+
+    assert step_seconds("softsort", grid=4, backbone="txl", batch=8, steps=1, device="cpu") > 0
+    rows = [
+        dict(method="softsort", N=64, ms=12.0, overhead_pct=20.0),
+        dict(method="torchsort", N=64, ms=15.0, overhead_pct=50.0),
+        dict(method="gumbel_sinkhorn", N=64, ms=30.0, overhead_pct=200.0),  # no target
+    ]
+    assert [c["holds"] for c in check_targets(rows)] == [True, False]

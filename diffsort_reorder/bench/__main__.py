@@ -1,4 +1,4 @@
-"""``python -m diffsort_reorder.bench {estimators} [--device ...] [--out results.json]``."""
+"""``python -m diffsort_reorder.bench {estimators,train} [--device ...] [--out results.json]``."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from . import estimators
+from . import estimators, train
 
-BENCHMARKS = {"estimators": estimators}
+BENCHMARKS = {"estimators": estimators, "train": train}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,0 +1,88 @@
+"""``python -m diffsort_reorder.bench train``: the cost of learning the order.
+
+Time per training step (forward, backward, optimizer step; ``diffsort_reorder.train.train_step``,
+the loop's own step) with a fixed order and with each estimator in its training mode, on the tiny
+default backbone, at N=64 (8x8 patches) and N=196 (14x14). Target on this CPU: the overhead of
+plackett_luce, softsort, neuralsort and torchsort over the fixed order is at most 25%.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from estimators import list_estimators
+
+from ..config import compose_config
+from ..train import build_run, seed_everything, train_step
+from . import markdown_table
+
+GRIDS = {64: 8, 196: 14}
+CHEAP = ("plackett_luce", "softsort", "neuralsort", "torchsort")  # the 25% target
+MAX_OVERHEAD = 0.25
+
+
+def step_seconds(method: str, grid: int, backbone: str, batch: int, steps: int, device: str):
+    """Median seconds of one training step of ``method`` on a ``grid x grid`` patch sequence."""
+    cfg = compose_config([
+        f"method={method}", f"backbone={backbone}", f"data.options.grid_size={grid}",
+        f"data.options.num_train={batch}", "data.options.num_val=8", f"trainer.device={device}",
+        f"trainer.batch_size={batch}", "output_dir=/dev/null",
+    ])  # fmt: skip
+    seed_everything(0)
+    run = build_run(cfg)
+    run.model.train()
+    run.orderer.train()
+    images = run.train_set.images.to(run.device)
+    labels = run.train_set.labels.to(run.device)
+    times = []
+    for i in range(steps + 3):  # three warm-up steps
+        if run.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        train_step(run, images, labels)
+        if run.device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_benchmark(device: str, backbone: str = "txl", batch: int = 64, steps: int = 15):
+    rows = []
+    for n, grid in GRIDS.items():
+        base = step_seconds("row_major", grid, backbone, batch, steps, device)
+        rows.append(dict(method="row_major (fixed)", N=n, ms=1e3 * base, overhead_pct=0.0))
+        for method in list_estimators():
+            seconds = step_seconds(method, grid, backbone, batch, steps, device)
+            overhead = 100 * (seconds / base - 1)
+            rows.append(dict(method=method, N=n, ms=1e3 * seconds, overhead_pct=overhead))
+    return rows
+
+
+def check_targets(rows: list[dict]) -> list[dict]:
+    checks = []
+    for row in rows:
+        if row["method"] in CHEAP:
+            checks.append(
+                dict(
+                    target=f"{row['method']} N={row['N']}: step overhead <= 25%",
+                    measured=f"{row['overhead_pct']:+.1f}%",
+                    holds=row["overhead_pct"] <= 100 * MAX_OVERHEAD,
+                )
+            )
+    return checks
+
+
+def main(args) -> dict:
+    device = args.device
+    print(f"# train-step benchmark on {device} ({torch.get_num_threads()} threads): tiny txl, "
+          f"batch 64, median of 15 steps after 3 warm-up")  # fmt: skip
+    rows = run_benchmark(device)
+    print(markdown_table(rows, ["method", "N", "ms", "overhead_pct"]))
+    checks = check_targets(rows)
+    print()
+    print(markdown_table(checks, ["target", "measured", "holds"]))
+    return {"device": device, "rows": rows, "checks": checks}
