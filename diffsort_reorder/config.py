@@ -1,7 +1,9 @@
 """Composing run configs from ``configs/`` with Hydra's compose API.
 
 ``method=<estimator>`` also selects the config group ``estimator=<estimator>`` (its learning rate,
-temperature schedule, starting order and hyper-parameters) unless ``estimator=`` is given.
+temperature schedule, starting order and hyper-parameters) unless ``estimator=`` is given; a prior
+named by ``method=`` or ``estimator.init=`` selects its group (``prior=compression`` or
+``prior=collapse``, with its settings) likewise.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from estimators import list_estimators
 
+PRIOR_GROUPS = {"compression_prior": "compression", "collapse_prior": "collapse"}  # configs/prior
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -32,6 +35,9 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
     method = _value_of(overrides, "method")
     if method in list_estimators() and _value_of(overrides, "estimator") is None:
         overrides.append(f"estimator={method}")
+    prior = method if method in PRIOR_GROUPS else _value_of(overrides, "estimator.init")
+    if prior in PRIOR_GROUPS and _value_of(overrides, "prior") is None:
+        overrides.append(f"prior={PRIOR_GROUPS[prior]}")
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name=config_name, overrides=overrides)
     return cfg

@@ -1,7 +1,8 @@
 """What ``method=`` and an estimator's ``init`` may name, resolved to an orderer module.
 
-A method is a scan order (``row_major``, ``hilbert``, ...), ``oracle`` (datasets that define one)
-or any registered estimator. Every orderer is a :class:`estimators.PermutationEstimator`, so the
+A method is a scan order (``row_major``, ``hilbert``, ...), ``oracle`` (datasets that define one),
+a prior (``compression_prior``, ``collapse_prior``, computed on the training images) or any
+registered estimator. Every orderer is a :class:`estimators.PermutationEstimator`, so the
 training loop runs them all the same way: fixed orders are estimators without parameters.
 """
 
@@ -12,6 +13,7 @@ import torch
 from estimators import PermutationEstimator, create_estimator, list_estimators
 
 from .orderings import ORDERINGS, scan_order
+from .priors import PRIORS, prior_order
 
 
 class FixedOrder(PermutationEstimator):
@@ -32,35 +34,49 @@ class FixedOrder(PermutationEstimator):
 
 
 def fixed_orders() -> list[str]:
-    return [*sorted(ORDERINGS), "oracle"]
+    return [*sorted(ORDERINGS), "oracle", *PRIORS]
 
 
 def list_methods() -> list[str]:
     return [*fixed_orders(), *list_estimators()]
 
 
-def resolve_order(name: str, dataset, grid: tuple[int, int]) -> torch.Tensor:
-    """The order ``(N,)`` that ``name`` stands for on ``dataset``'s ``grid``."""
+def resolve_order(
+    name: str, dataset, grid: tuple[int, int], patch_size: int | None = None, prior_cfg=None
+) -> torch.Tensor:
+    """The order ``(N,)`` that ``name`` stands for on ``dataset``'s ``grid``; a prior uses
+    ``prior_cfg.settings`` when ``prior_cfg`` is that prior's config, else its defaults."""
     if name in ORDERINGS:
         return scan_order(name, *grid)
     if name == "oracle":
         return dataset.oracle_order()
+    if name in PRIORS:
+        settings = {}
+        if prior_cfg is not None and prior_cfg.get("name") == name:
+            settings = dict(prior_cfg.get("settings") or {})
+        return prior_order(name, dataset, patch_size, settings)
     raise ValueError(
         f"unknown order {name!r}; a fixed order is one of: {', '.join(fixed_orders())}"
     )
 
 
 def build_orderer(
-    method: str, dataset, grid: tuple[int, int], estimator_cfg=None
+    method: str,
+    dataset,
+    grid: tuple[int, int],
+    estimator_cfg=None,
+    patch_size: int | None = None,
+    prior_cfg=None,
 ) -> PermutationEstimator:
-    """The orderer for ``method``; estimators start from ``estimator_cfg.init`` (a fixed order)
-    with ``estimator_cfg.hparams``."""
+    """The orderer for ``method``; estimators start from ``estimator_cfg.init`` (a fixed order or
+    a prior) with ``estimator_cfg.hparams``."""
     if method in list_estimators():
         if estimator_cfg is None or estimator_cfg.get("name") != method:
             raise ValueError(f"method {method!r} is an estimator but no 'estimator' config for it")
-        init = resolve_order(estimator_cfg.get("init", "row_major"), dataset, grid)
+        init_name = estimator_cfg.get("init", "row_major")
+        init = resolve_order(init_name, dataset, grid, patch_size, prior_cfg)
         hparams = dict(estimator_cfg.get("hparams") or {})
         return create_estimator(method, num_tokens=init.numel(), init_order=init, **hparams)
     if method in fixed_orders():
-        return FixedOrder(resolve_order(method, dataset, grid))
+        return FixedOrder(resolve_order(method, dataset, grid, patch_size, prior_cfg))
     raise ValueError(f"unknown method {method!r}; available methods: {', '.join(list_methods())}")

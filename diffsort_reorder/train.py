@@ -208,7 +208,9 @@ def build_run(cfg: DictConfig) -> Run:
     )
     model = PatchSequenceModel(c * data_cfg.patch_size**2, num_tokens, backbone, cfg.pos_embed)
     model = model.to(device)
-    orderer = build_orderer(cfg.method, train_set, grid, cfg.get("estimator")).to(device)
+    orderer = build_orderer(
+        cfg.method, train_set, grid, cfg.get("estimator"), data_cfg.patch_size, cfg.get("prior")
+    ).to(device)
     if t.compile:
         model.backbone = torch.compile(model.backbone)
     # Weight decay on the model's matrices only; the orderer has its own lr and no decay.
