@@ -8,9 +8,12 @@ training loop runs them all the same way: fixed orders are estimators without pa
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from estimators import PermutationEstimator, create_estimator, list_estimators
+from estimators.registry import ESTIMATORS
 
 from .orderings import ORDERINGS, scan_order
 from .priors import PRIORS, prior_order
@@ -67,15 +70,18 @@ def build_orderer(
     estimator_cfg=None,
     patch_size: int | None = None,
     prior_cfg=None,
+    token_dim: int | None = None,
 ) -> PermutationEstimator:
     """The orderer for ``method``; estimators start from ``estimator_cfg.init`` (a fixed order or
-    a prior) with ``estimator_cfg.hparams``."""
+    a prior) with ``estimator_cfg.hparams``; those that score tokens get ``dim=token_dim``."""
     if method in list_estimators():
         if estimator_cfg is None or estimator_cfg.get("name") != method:
             raise ValueError(f"method {method!r} is an estimator but no 'estimator' config for it")
         init_name = estimator_cfg.get("init", "row_major")
         init = resolve_order(init_name, dataset, grid, patch_size, prior_cfg)
         hparams = dict(estimator_cfg.get("hparams") or {})
+        if "dim" in inspect.signature(ESTIMATORS[method]).parameters:
+            hparams.setdefault("dim", token_dim)
         return create_estimator(method, num_tokens=init.numel(), init_order=init, **hparams)
     if method in fixed_orders():
         return FixedOrder(resolve_order(method, dataset, grid, patch_size, prior_cfg))

@@ -40,6 +40,13 @@ class PatchSequenceModel(nn.Module):
         x = self.patch_embed(patches)
         return x + self.pos_embed if self.pos_embed_mode == "patch" else x
 
+    def early_features(self, tokens: torch.Tensor, num_blocks: int) -> torch.Tensor:
+        """The patch tokens' hidden states ``(B, N, D)`` after the backbone's first ``num_blocks``
+        blocks, run on the canonical (row-major) order with the backbone's own weights."""
+        if self.pos_embed_mode == "slot":
+            tokens = tokens + self.pos_embed
+        return self.backbone.features(tokens, num_blocks)[:, self.backbone.num_prefix_tokens :]
+
     def classify(self, tokens: torch.Tensor) -> torch.Tensor:
         """Ordered tokens ``(B, N, D)`` -> logits ``(B, C)``."""
         if self.pos_embed_mode == "slot":

@@ -183,9 +183,7 @@ def evaluate(run: Run) -> dict:
     for images, labels in batches(run.val_set, run.cfg.trainer.batch_size, None):
         images, labels = images.to(run.device), labels.to(run.device)
         with run.autocast():
-            logits = run.model.classify(
-                run.orderer(run.model.embed(patchify(images, patch_size))).tokens
-            )
+            logits = run.model.classify(order_tokens(run, patchify(images, patch_size))[0].tokens)
         loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
         correct += int((logits.argmax(-1) == labels).sum())
     return {"val_loss": loss_sum / len(run.val_set), "val_acc": correct / len(run.val_set)}
@@ -209,8 +207,9 @@ def build_run(cfg: DictConfig) -> Run:
     model = PatchSequenceModel(c * data_cfg.patch_size**2, num_tokens, backbone, cfg.pos_embed)
     model = model.to(device)
     orderer = build_orderer(
-        cfg.method, train_set, grid, cfg.get("estimator"), data_cfg.patch_size, cfg.get("prior")
-    ).to(device)
+        cfg.method, train_set, grid, cfg.get("estimator"), data_cfg.patch_size, cfg.get("prior"),
+        token_dim=backbone.dim,
+    ).to(device)  # fmt: skip
     if t.compile:
         model.backbone = torch.compile(model.backbone)
     # Weight decay on the model's matrices only; the orderer has its own lr and no decay.
@@ -233,14 +232,32 @@ def build_run(cfg: DictConfig) -> Run:
                steps_per_epoch)  # fmt: skip
 
 
+def order_tokens(run: Run, patches: torch.Tensor):
+    """Embed and order ``patches``; the orderer gets the backbone's early features when it asks
+    for them (``feature_blocks``). Returns the output and the early pass's milliseconds."""
+    tokens = run.model.embed(patches)
+    blocks = run.orderer.feature_blocks
+    if not blocks:
+        return run.orderer(tokens), None
+    started = time.perf_counter()
+    features = run.model.early_features(tokens, blocks)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize(run.device)
+    early_ms = 1e3 * (time.perf_counter() - started)
+    return run.orderer(tokens, features=features), early_ms
+
+
 def train_step(run: Run, images, labels, epoch: int = 0, step: int = 0):
     """One optimizer step on a batch; returns the orderer's output, the logits and the
     per-sample losses."""
     t = run.cfg.trainer
-    # 1. Embed, order, classify; the orderer's surrogate term joins the task loss.
+    # 1. Embed, order (with early features if the orderer scores them), classify; the orderer's
+    #    surrogate term joins the task loss.
     with run.autocast():
-        out = run.orderer(run.model.embed(patchify(images, run.cfg.data.patch_size)))
+        out, early_ms = order_tokens(run, patchify(images, run.cfg.data.patch_size))
         logits = run.model.classify(out.tokens)
+    if early_ms is not None:
+        out.aux["early_pass_ms"] = early_ms
     per_sample = F.cross_entropy(logits.float(), labels, reduction="none")  # (B,)
     loss = per_sample.mean() + run.orderer.surrogate_loss(out, per_sample)
     if not torch.isfinite(loss):
@@ -328,7 +345,7 @@ def train(cfg: DictConfig) -> dict:
             f"{k.replace('_', '/', 1)}": metrics[k] for k in ("train_acc", "val_loss", "val_acc")
         }
         log.scalars(state["step"], scalars)
-        if epoch % t.image_every == 0 or epoch + 1 == t.epochs:
+        if run.orderer.is_global and (epoch % t.image_every == 0 or epoch + 1 == t.epochs):
             log.order(state["step"], run.orderer.order().cpu(), f"{cfg.method} epoch {epoch + 1}")
             if soft is not None:
                 log.soft_matrix(state["step"], soft)
@@ -356,7 +373,7 @@ def train(cfg: DictConfig) -> dict:
         "backbone": cfg.backbone.name,
         "data": cfg.data.name,
         "seed": cfg.seed,
-        "order": run.orderer.order().cpu().tolist(),
+        "order": run.orderer.order().cpu().tolist() if run.orderer.is_global else None,
         "output_dir": str(out_dir),
     }
     if result["finished"]:

@@ -6,6 +6,7 @@ descending (slot 0 gets the highest score); ``tau`` is the temperature (smaller 
 """
 
 from . import modules as _modules  # noqa: F401  (registers the estimators)
+from . import saliency as _saliency  # noqa: F401
 from .modules import PermutationEstimator, ramp_scores
 from .permutation import PermutationOutput, apply_permutation, hard_permutation
 from .plackett_luce import (

@@ -31,6 +31,30 @@ from .sorting import (
 SAMPLES = ("batch", "image")
 
 
+class _Reinforce:
+    """The score-function term with an EMA baseline, for estimators that sample orders."""
+
+    def init_reinforce(self, momentum: float, entropy_weight: float = 0.0) -> None:
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"'momentum' should lie in [0, 1) but got {momentum}")
+        if entropy_weight < 0:
+            raise ValueError(f"'entropy_weight' should be >= 0 but got {entropy_weight}")
+        self.momentum, self.entropy_weight = float(momentum), float(entropy_weight)
+        self.register_buffer("baseline", torch.zeros(()))
+        self.register_buffer("baseline_ready", torch.zeros((), dtype=torch.bool))
+
+    def reinforce(self, log_prob: torch.Tensor, per_sample_loss: torch.Tensor) -> torch.Tensor:
+        """``-(reward - baseline) * log_prob``, averaged; then the baseline follows the reward."""
+        reward = -per_sample_loss.detach()  # (B,)
+        if not bool(self.baseline_ready):
+            self.baseline.fill_(reward.mean())
+            self.baseline_ready.fill_(True)
+        loss = -((reward - self.baseline) * log_prob).mean()
+        with torch.no_grad():
+            self.baseline.mul_(self.momentum).add_((1 - self.momentum) * reward.mean())
+        return loss
+
+
 def ramp_scores(order: torch.Tensor) -> torch.Tensor:
     """Scores whose descending sort is ``order``: a ramp from 0 down to -1 placed so that
     ``scores[order[k]]`` is the k-th largest. (REOrder's code writes ``ramp[order]``, which sorts
@@ -55,6 +79,8 @@ class PermutationEstimator(nn.Module):
     """
 
     doubly_stochastic = False  # whether ``out.soft`` also has unit column sums
+    is_global = True  # one order for every image (``order()``); False: an order per image
+    feature_blocks = 0  # early backbone blocks whose output ``forward(..., features=)`` wants
 
     def __init__(self, num_tokens: int, *, tau: float = 1.0, init_order=None) -> None:
         super().__init__()
@@ -82,12 +108,18 @@ class PermutationEstimator(nn.Module):
         """The hard permutation ``(N,)`` that eval applies."""
         raise NotImplementedError
 
-    def forward(self, tokens: torch.Tensor) -> PermutationOutput:
+    def check_tokens(self, tokens: torch.Tensor) -> None:
         check_float_tensor("tokens", tokens, min_dim=3)
         if tokens.dim() != 3 or tokens.shape[1] != self.num_tokens:
             raise ValueError(
                 f"'tokens' should be (B, {self.num_tokens}, D) but got {tuple(tokens.shape)}"
             )
+
+    def forward(
+        self, tokens: torch.Tensor, features: torch.Tensor | None = None
+    ) -> PermutationOutput:
+        """``features (B, N, F)``: what per-image estimators score (global ones ignore it)."""
+        self.check_tokens(tokens)
         if not self.training:
             index = self.order().to(tokens.device).expand(tokens.shape[0], -1)  # (B, N)
             return PermutationOutput(apply_permutation(tokens, index=index), index)
@@ -227,7 +259,7 @@ class GumbelSinkhornEstimator(PermutationEstimator):
 
 
 @register_estimator("plackett_luce")
-class PlackettLuceEstimator(PermutationEstimator):
+class PlackettLuceEstimator(_Reinforce, PermutationEstimator):
     """REINFORCE over a Plackett-Luce policy with one logit per token (REOrder's baseline).
 
     Reward = minus the per-sample task loss; baseline = an EMA of the mean reward (``momentum``);
@@ -241,15 +273,8 @@ class PlackettLuceEstimator(PermutationEstimator):
     ):  # fmt: skip
         super().__init__(num_tokens, tau=tau, init_order=init_order)
         self.samples = _check_samples(samples)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"'momentum' should lie in [0, 1) but got {momentum}")
-        self.momentum = float(momentum)
-        if entropy_weight < 0:
-            raise ValueError(f"'entropy_weight' should be >= 0 but got {entropy_weight}")
-        self.entropy_weight = float(entropy_weight)
+        self.init_reinforce(momentum, entropy_weight)
         self.logits = nn.Parameter(ramp_scores(self.init_order))
-        self.register_buffer("baseline", torch.zeros(()))
-        self.register_buffer("baseline_ready", torch.zeros((), dtype=torch.bool))
 
     def order(self) -> torch.Tensor:
         return sort_permutation(self.logits.detach())
@@ -268,15 +293,8 @@ class PlackettLuceEstimator(PermutationEstimator):
     def surrogate_loss(self, out: PermutationOutput, per_sample_loss: torch.Tensor):
         if out.log_prob is None:  # an eval (hard, not sampled) output: nothing to reinforce
             return per_sample_loss.new_zeros(())
-        reward = -per_sample_loss.detach()  # (B,)
-        if not bool(self.baseline_ready):
-            self.baseline.fill_(reward.mean())
-            self.baseline_ready.fill_(True)
-        advantage = reward - self.baseline
-        loss = -(advantage * out.log_prob).mean()
+        loss = self.reinforce(out.log_prob, per_sample_loss)
         if self.entropy_weight:
             entropy = plackett_luce_sequential_entropy(self.logits, out.index[:1], self.tau)
             loss = loss - self.entropy_weight * entropy.mean()
-        with torch.no_grad():
-            self.baseline.mul_(self.momentum).add_((1 - self.momentum) * reward.mean())
         return loss

@@ -1,13 +1,17 @@
 """One contract, run over every registered estimator (timm's style of testing its models)."""
 
+import inspect
+
 import pytest
 import torch
 
 import estimators
 from estimators import create_estimator, list_estimators
+from estimators.registry import ESTIMATORS
 
 B, N, D = 4, 9, 5
-EXPECTED = {"plackett_luce", "gumbel_sinkhorn", "softsort", "neuralsort", "torchsort", "ot_sort"}
+EXPECTED = {"plackett_luce", "gumbel_sinkhorn", "softsort", "neuralsort", "torchsort", "ot_sort",
+            "saliency"}  # fmt: skip
 NAMES = list_estimators()
 
 
@@ -17,9 +21,14 @@ def init_order():
     return order
 
 
+def sized(name, dim=D):
+    """The token width for estimators that score tokens (``dim`` in their signature)."""
+    return {"dim": dim} if "dim" in inspect.signature(ESTIMATORS[name]).parameters else {}
+
+
 def make(name, seed=0, **hparams):
     torch.manual_seed(seed)
-    return create_estimator(name, num_tokens=N, init_order=init_order(), **hparams)
+    return create_estimator(name, num_tokens=N, init_order=init_order(), **sized(name), **hparams)
 
 
 def tokens(seed=1):
@@ -137,7 +146,7 @@ def test_tau_can_be_set_every_step(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_single_token(name):
-    est = create_estimator(name, num_tokens=1)
+    est = create_estimator(name, num_tokens=1, **sized(name, 2))
     x = torch.randn(3, 1, 2)
     out = est(x)
     assert torch.allclose(out.tokens, x) and torch.equal(
@@ -165,11 +174,13 @@ def test_bad_input(name):
     with pytest.raises(TypeError, match="'tokens' should be a floating-point tensor"):
         est(torch.zeros(4, N, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="'num_tokens' should be an int >= 1 but got 0"):
-        create_estimator(name, num_tokens=0)
+        create_estimator(name, num_tokens=0, **sized(name))
     with pytest.raises(ValueError, match="'tau' should be a positive finite number but got -1"):
-        create_estimator(name, num_tokens=N, tau=-1.0)
+        create_estimator(name, num_tokens=N, tau=-1.0, **sized(name))
     with pytest.raises(ValueError, match="'init_order' should be a permutation of range\\(9\\)"):
-        create_estimator(name, num_tokens=N, init_order=torch.zeros(N, dtype=torch.long))
+        create_estimator(
+            name, num_tokens=N, init_order=torch.zeros(N, dtype=torch.long), **sized(name)
+        )
 
 
 def test_unknown_estimator_lists_the_names():

@@ -15,9 +15,11 @@ from .digits import digits
 from .imagefolder import imagefolder
 from .patches import grid_shape, patchify, unpatchify
 from .planted import PlantedDataset, planted
+from .planted_moving import MovingPlantedDataset, planted_moving
 
 DATASETS: dict[str, Callable[..., tuple[ImageDataset, ImageDataset]]] = {
     "planted": planted,
+    "planted_moving": planted_moving,
     "digits": digits,
     "cifar10": cifar10,
     "imagefolder": imagefolder,
@@ -40,6 +42,7 @@ def create_dataset(name: str, **options) -> tuple[ImageDataset, ImageDataset]:
 __all__ = [
     "DATASETS",
     "ImageDataset",
+    "MovingPlantedDataset",
     "PlantedDataset",
     "create_dataset",
     "grid_shape",

@@ -112,20 +112,11 @@ def _positive_int(name: str, value: object, minimum: int = 1) -> int:
     return value
 
 
-def planted(
-    *,
-    num_train: int = 2048,
-    num_val: int = 512,
-    grid_size: int = 8,
-    patch_size: int = 4,
-    channels: int = 1,
-    num_keys: int = 8,
-    num_symbols: int = 2,
-    num_classes: int | None = None,
-    noise: float = 0.1,
-    seed: int = 0,
-) -> tuple[PlantedDataset, PlantedDataset]:
-    """Build the train and val splits of the planted task; ``seed`` fixes everything."""
+def check_options(
+    num_train, num_val, grid_size, patch_size, channels, num_keys, num_symbols, num_classes, noise
+) -> int:
+    """Validate the planted options shared by ``planted`` and ``planted_moving``; returns
+    ``num_classes`` (by default every value the key sum can take)."""
     for name, value in (
         ("num_train", num_train),
         ("num_val", num_val),
@@ -142,10 +133,30 @@ def planted(
             f"'num_keys' should be at most the number of patches {num_tokens} but got {num_keys}"
         )
     if num_classes is None:
-        num_classes = num_keys * (num_symbols - 1) + 1  # every value the key sum can take
+        num_classes = num_keys * (num_symbols - 1) + 1
     _positive_int("num_classes", num_classes, minimum=2)
     if not noise >= 0.0:
         raise ValueError(f"'noise' should be >= 0 but got {noise}")
+    return num_classes
+
+
+def planted(
+    *,
+    num_train: int = 2048,
+    num_val: int = 512,
+    grid_size: int = 8,
+    patch_size: int = 4,
+    channels: int = 1,
+    num_keys: int = 8,
+    num_symbols: int = 2,
+    num_classes: int | None = None,
+    noise: float = 0.1,
+    seed: int = 0,
+) -> tuple[PlantedDataset, PlantedDataset]:
+    """Build the train and val splits of the planted task; ``seed`` fixes everything."""
+    num_tokens = grid_size * grid_size
+    num_classes = check_options(num_train, num_val, grid_size, patch_size, channels, num_keys,
+                                num_symbols, num_classes, noise)  # fmt: skip
 
     generator = torch.Generator().manual_seed(seed)
     key_positions = torch.randperm(num_tokens, generator=generator)[:num_keys].sort().values

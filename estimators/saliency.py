@@ -1,0 +1,104 @@
+"""``saliency``: an order per image, from scores a small head gives each patch.
+
+REOrder learns one order per dataset and leaves per-image orders to future work. Here a head scores
+every patch from early features ``(B, N, F)`` - by default the output of the first
+``feature_blocks`` backbone blocks on the canonical order, computed by the training loop with the
+backbone's own weights - or from the tokens themselves when no features are passed:
+``s_i = head(f_i) + b_i``, where ``b`` is a learned per-position bias that starts as the ramp of
+``init_order`` (and the head's output near zero), so eval returns ``init_order`` until training
+moves it. Sorting is descending (slot 0 gets the highest score).
+
+Training goes through a differentiable relaxation of the per-image sort (``softsort``,
+``neuralsort``, ``torchsort``, ``ot_sort``) or through Plackett-Luce REINFORCE over the per-image
+scores (``plackett_luce``); eval applies the hard per-image argsort.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._checks import check_count
+from .modules import PermutationEstimator, _Reinforce, ramp_scores
+from .permutation import PermutationOutput, apply_permutation
+from .plackett_luce import plackett_luce_log_prob, plackett_luce_sample
+from .registry import register_estimator
+from .sorting import neuralsort, ot_sort, soft_rank_permutation, softsort, sort_permutation
+
+RELAXATIONS = {
+    "softsort": softsort,
+    "neuralsort": neuralsort,
+    "torchsort": soft_rank_permutation,
+    "ot_sort": ot_sort,
+    "plackett_luce": None,  # sampled, with the REINFORCE term
+}
+
+
+@register_estimator("saliency")
+class SaliencyEstimator(_Reinforce, PermutationEstimator):
+    is_global = False
+
+    def __init__(
+        self, num_tokens, *, dim, tau=1.0, init_order=None, relaxation="softsort", hidden=64,
+        feature_blocks=1, hard=False, momentum=0.99,
+    ) -> None:  # fmt: skip
+        super().__init__(num_tokens, tau=tau, init_order=init_order)
+        if relaxation not in RELAXATIONS:
+            raise ValueError(
+                f"'relaxation' should be one of {tuple(RELAXATIONS)} but got {relaxation!r}"
+            )
+        self.dim = check_count("dim", dim)
+        self.relaxation, self.hard = relaxation, bool(hard)
+        self.feature_blocks = check_count("feature_blocks", feature_blocks, minimum=0)
+        self.init_reinforce(momentum)
+        self.head = nn.Sequential(
+            nn.LayerNorm(dim), nn.Linear(dim, check_count("hidden", hidden)), nn.GELU(),
+            nn.Linear(hidden, 1),
+        )  # fmt: skip
+        # Near-zero output at first, far below the ramp's spacing: eval starts at init_order.
+        nn.init.normal_(self.head[-1].weight, std=1e-5)
+        nn.init.zeros_(self.head[-1].bias)
+        self.position_bias = nn.Parameter(ramp_scores(self.init_order))
+
+    def scores(self, tokens: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-image scores ``(B, N)`` from ``features`` (or the tokens)."""
+        source = tokens if features is None else features
+        if (
+            source.dim() != 3
+            or source.shape[:2] != tokens.shape[:2]
+            or source.shape[-1] != self.dim
+        ):
+            raise ValueError(
+                f"'features' should be (B, N, {self.dim}) = ({tokens.shape[0]}, "
+                f"{tokens.shape[1]}, {self.dim}) but got {tuple(source.shape)}"
+            )
+        return self.head(source).squeeze(-1) + self.position_bias.to(source.dtype)
+
+    def order(self) -> torch.Tensor:
+        """The order before any image is seen (the position bias alone); each image's own order
+        comes from ``forward``."""
+        return sort_permutation(self.position_bias.detach())
+
+    def forward(
+        self, tokens: torch.Tensor, features: torch.Tensor | None = None
+    ) -> PermutationOutput:
+        self.check_tokens(tokens)
+        s = self.scores(tokens, features)  # (B, N)
+        if not self.training:
+            index = sort_permutation(s.detach())  # (B, N): each image its own order
+            return PermutationOutput(apply_permutation(tokens, index=index), index)
+        if self.relaxation == "plackett_luce":
+            index = plackett_luce_sample(s, 1, self.tau)[0]  # (B, N)
+            log_prob = plackett_luce_log_prob(s, index, self.tau)  # (B,), at the sampling tau
+            aux = {"log_prob": log_prob.detach().mean(), "baseline": self.baseline.clone()}
+            out = apply_permutation(tokens, index=index)
+            return PermutationOutput(out, index, log_prob=log_prob, aux=aux)
+        P = RELAXATIONS[self.relaxation](s, tau=self.tau, hard=self.hard)  # (B, N, N)
+        index = sort_permutation(s.detach())
+        aux = {"score_std": s.detach().std(-1).mean()}
+        return PermutationOutput(apply_permutation(tokens, soft=P), index, soft=P, aux=aux)
+
+    def surrogate_loss(self, out: PermutationOutput, per_sample_loss: torch.Tensor):
+        if out.log_prob is None:
+            return per_sample_loss.new_zeros(())
+        return self.reinforce(out.log_prob, per_sample_loss)
