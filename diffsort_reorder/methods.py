@@ -1,9 +1,11 @@
 """What ``method=`` and an estimator's ``init`` may name, resolved to an orderer module.
 
 A method is a scan order (``row_major``, ``hilbert``, ...), ``oracle`` (datasets that define one),
-a prior (``compression_prior``, ``collapse_prior``, computed on the training images) or any
-registered estimator. Every orderer is a :class:`estimators.PermutationEstimator`, so the
-training loop runs them all the same way: fixed orders are estimators without parameters.
+a prior (``compression_prior``, ``collapse_prior``, computed on the training images), any
+registered estimator, or a training-free per-image order (``saliency_gradient``,
+``saliency_attention``). Every orderer
+is a :class:`estimators.PermutationEstimator`, so the training loop runs them all the same way:
+fixed orders are estimators without parameters.
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ import inspect
 
 import torch
 
-from estimators import PermutationEstimator, create_estimator, list_estimators
+from estimators import (
+    PermutationEstimator,
+    PermutationOutput,
+    apply_permutation,
+    create_estimator,
+    list_estimators,
+)
 from estimators.registry import ESTIMATORS
 
 from .orderings import ORDERINGS, scan_order
@@ -36,12 +44,45 @@ class FixedOrder(PermutationEstimator):
             self.train()
 
 
+class SaliencyProbeOrder(PermutationEstimator):
+    """A training-free per-image order: patches sorted by a saliency the model computes on the
+    canonical order (``probe``: ``"gradient"`` or ``"attention"``), the most salient placed at
+    the ``end`` (where a backbone that reads its last token reads; REOrder saw learned orders move
+    salient patches there) or at the ``start``. No parameters; the same in training and eval."""
+
+    is_global = False
+    PLACES = ("end", "start")
+
+    def __init__(self, num_tokens: int, probe: str = "gradient", place: str = "end") -> None:
+        super().__init__(num_tokens)
+        if place not in self.PLACES:
+            raise ValueError(f"'place' should be one of {self.PLACES} but got {place!r}")
+        self.probe, self.place = probe, place
+
+    def order(self) -> torch.Tensor:
+        return self.init_order
+
+    def forward(self, tokens, features=None):
+        self.check_tokens(tokens)
+        if features is None or features.shape != tokens.shape[:2]:
+            raise ValueError(
+                f"'features' should be the saliency (B, N) = {tuple(tokens.shape[:2])} but got "
+                f"{None if features is None else tuple(features.shape)}"
+            )
+        index = features.argsort(dim=-1, descending=self.place == "start", stable=True)  # (B, N)
+        return PermutationOutput(apply_permutation(tokens, index=index), index)
+
+
+# training-free per-image methods -> their probe
+PROBES = {"saliency_gradient": "gradient", "saliency_attention": "attention"}
+
+
 def fixed_orders() -> list[str]:
     return [*sorted(ORDERINGS), "oracle", *PRIORS]
 
 
 def list_methods() -> list[str]:
-    return [*fixed_orders(), *list_estimators()]
+    return [*fixed_orders(), *PROBES, *list_estimators()]
 
 
 def resolve_order(
@@ -85,4 +126,6 @@ def build_orderer(
         return create_estimator(method, num_tokens=init.numel(), init_order=init, **hparams)
     if method in fixed_orders():
         return FixedOrder(resolve_order(method, dataset, grid, patch_size, prior_cfg))
+    if method in PROBES:
+        return SaliencyProbeOrder(grid[0] * grid[1], probe=PROBES[method])
     raise ValueError(f"unknown method {method!r}; available methods: {', '.join(list_methods())}")

@@ -47,6 +47,30 @@ class PatchSequenceModel(nn.Module):
             tokens = tokens + self.pos_embed
         return self.backbone.features(tokens, num_blocks)[:, self.backbone.num_prefix_tokens :]
 
+    def gradient_saliency(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Training-free saliency ``(B, N)``: the norm of the gradient of each image's top logit
+        with respect to each token, with the model on the canonical order (Simonyan et al. 2014,
+        arXiv 1312.6034). Leaves no gradient in the model's parameters."""
+        with torch.enable_grad():
+            probe = tokens.detach().requires_grad_()
+            top = self.classify(probe).max(-1).values.sum()
+            (grad,) = torch.autograd.grad(top, probe)
+        return grad.norm(dim=-1)  # (B, N)
+
+    def attention_saliency(self, tokens: torch.Tensor, num_blocks: int = 1) -> torch.Tensor:
+        """Training-free saliency ``(B, N)``: the CLS token's attention rollout over the first
+        ``num_blocks`` blocks, on the canonical order, for backbones that expose their attention
+        (``readout_attention``: the ``local`` backbone)."""
+        if not hasattr(self.backbone, "readout_attention"):
+            raise ValueError(
+                f"backbone {type(self.backbone).__name__} exposes no attention probabilities; "
+                f"attention saliency needs backbone=local (or use saliency_gradient)"
+            )
+        if self.pos_embed_mode == "slot":
+            tokens = tokens + self.pos_embed
+        with torch.no_grad():
+            return self.backbone.readout_attention(tokens, num_blocks)
+
     def classify(self, tokens: torch.Tensor) -> torch.Tensor:
         """Ordered tokens ``(B, N, D)`` -> logits ``(B, C)``."""
         if self.pos_embed_mode == "slot":

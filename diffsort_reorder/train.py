@@ -38,6 +38,11 @@ from .runlog import RunLogger
 from .schedules import tau_at
 
 CHECKPOINT = "checkpoint.pt"
+# What a training-free orderer's ``probe`` asks the model for: a saliency (B, N) per image.
+SALIENCY_PROBES = {
+    "gradient": PatchSequenceModel.gradient_saliency,
+    "attention": PatchSequenceModel.attention_saliency,
+}
 # Keys that may differ when resuming: how the run is driven, not what it computes.
 RUNTIME_KEYS = ("resume", "stop_after_epochs", "progress", "log_dir")
 
@@ -233,14 +238,18 @@ def build_run(cfg: DictConfig) -> Run:
 
 
 def order_tokens(run: Run, patches: torch.Tensor):
-    """Embed and order ``patches``; the orderer gets the backbone's early features when it asks
-    for them (``feature_blocks``). Returns the output and the early pass's milliseconds."""
+    """Embed and order ``patches``; the orderer gets what it asks for: the backbone's early
+    features (``feature_blocks``) or a saliency probe of the model (``probe``). Returns the
+    output and the milliseconds of that early pass."""
     tokens = run.model.embed(patches)
-    blocks = run.orderer.feature_blocks
-    if not blocks:
+    blocks, probe = run.orderer.feature_blocks, getattr(run.orderer, "probe", None)
+    if not blocks and probe is None:
         return run.orderer(tokens), None
     started = time.perf_counter()
-    features = run.model.early_features(tokens, blocks)
+    if probe is not None:
+        features = SALIENCY_PROBES[probe](run.model, tokens)  # (B, N)
+    else:
+        features = run.model.early_features(tokens, blocks)  # (B, N, D)
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     early_ms = 1e3 * (time.perf_counter() - started)

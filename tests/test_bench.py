@@ -38,7 +38,14 @@ def test_target_checks_report_failures():
 def test_train_step_benchmark_times_the_real_step():
     from diffsort_reorder.bench.train import check_targets, step_seconds
 
-    assert step_seconds("softsort", grid=4, backbone="txl", batch=8, steps=1, device="cpu") > 0
+    seconds, early = step_seconds(
+        "softsort", grid=4, backbone="txl", batch=8, steps=1, device="cpu"
+    )
+    assert seconds > 0 and early is None
+    seconds, early = step_seconds(
+        "saliency", grid=4, backbone="txl", batch=8, steps=1, device="cpu"
+    )
+    assert 0 < early < 1e3 * seconds  # the early pass is part of the step
     rows = [
         dict(method="softsort", N=64, ms=12.0, overhead_pct=20.0),
         dict(method="torchsort", N=64, ms=15.0, overhead_pct=50.0),

@@ -255,6 +255,26 @@ class LocalBackbone(SequenceBackbone):
             h = block(h, num_prefix_tokens=self.num_prefix_tokens)
         return h
 
+    def readout_attention(self, x: torch.Tensor, num_blocks: int) -> torch.Tensor:
+        """Attention rollout (Abnar & Zuidema 2020, arXiv 2005.00928) of the CLS token over the
+        first ``num_blocks`` blocks: ``(B, N)``, how much the CLS token draws on each patch.
+        Each block's head-averaged attention is mixed half-and-half with the identity (the
+        residual path) and the blocks are multiplied."""
+        if self.readout != "cls":
+            raise ValueError(
+                f"attention rollout reads the CLS token, but this backbone's readout is "
+                f"{self.readout!r}; build it with readout='cls'"
+            )
+        self.features(x, num_blocks)  # validates x and num_blocks
+        h = self.add_prefix(x)
+        eye = torch.eye(h.shape[1], dtype=h.dtype, device=h.device)
+        rollout = eye.expand(h.shape[0], -1, -1)  # (B, T, T)
+        for block in self.blocks[:num_blocks]:
+            h, attn = block(h, num_prefix_tokens=self.num_prefix_tokens, return_attention=True)
+            mixed = 0.5 * attn.mean(1) + 0.5 * eye  # (B, T, T), rows sum to 1
+            rollout = mixed @ rollout
+        return rollout[:, 0, self.num_prefix_tokens :]  # (B, N)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, N, D)`` patch tokens in sequence order -> ``(B, num_classes)`` logits."""
         return self.classify(self.features(x, self.depth))

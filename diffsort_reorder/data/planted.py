@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from estimators._checks import check_count
+
 from .base import ImageDataset
 from .patches import patchify, unpatchify
 
@@ -104,14 +106,6 @@ def _draw_codebook(num_symbols: int, channels: int, patch_size: int, generator: 
     return (0.25 + 0.5 * bits.float()).reshape(num_symbols, channels, patch_size, patch_size)
 
 
-def _positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"'{name}' should be an int >= {minimum} but got {value!r}")
-    if value < minimum:
-        raise ValueError(f"'{name}' should be an int >= {minimum} but got {value}")
-    return value
-
-
 def check_options(
     num_train, num_val, grid_size, patch_size, channels, num_keys, num_symbols, num_classes, noise
 ) -> int:
@@ -125,8 +119,8 @@ def check_options(
         ("channels", channels),
         ("num_keys", num_keys),
     ):
-        _positive_int(name, value)
-    _positive_int("num_symbols", num_symbols, minimum=2)
+        check_count(name, value)
+    check_count("num_symbols", num_symbols, minimum=2)
     num_tokens = grid_size * grid_size
     if num_keys > num_tokens:
         raise ValueError(
@@ -134,7 +128,7 @@ def check_options(
         )
     if num_classes is None:
         num_classes = num_keys * (num_symbols - 1) + 1
-    _positive_int("num_classes", num_classes, minimum=2)
+    check_count("num_classes", num_classes, minimum=2)
     if not noise >= 0.0:
         raise ValueError(f"'noise' should be >= 0 but got {noise}")
     return num_classes
