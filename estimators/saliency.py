@@ -95,7 +95,7 @@ class SaliencyEstimator(_Reinforce, PermutationEstimator):
             return PermutationOutput(out, index, log_prob=log_prob, aux=aux)
         P = RELAXATIONS[self.relaxation](s, tau=self.tau, hard=self.hard)  # (B, N, N)
         index = sort_permutation(s.detach())
-        aux = {"score_std": s.detach().std(-1).mean()}
+        aux = {"score_std": s.detach().std(-1, correction=0).mean()}
         return PermutationOutput(apply_permutation(tokens, soft=P), index, soft=P, aux=aux)
 
     def surrogate_loss(self, out: PermutationOutput, per_sample_loss: torch.Tensor):

@@ -10,6 +10,7 @@ its row includes that early pass, whose own time is reported in ``early_pass_ms`
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 
@@ -26,8 +27,8 @@ CHEAP = ("plackett_luce", "softsort", "neuralsort", "torchsort")  # the 25% targ
 MAX_OVERHEAD = 0.25
 
 
-def step_seconds(method: str, grid: int, backbone: str, batch: int, steps: int, device: str):
-    """Median seconds of one training step of ``method`` on a ``grid x grid`` patch sequence."""
+def build(method: str, grid: int, backbone: str, batch: int, device: str):
+    """A run of ``method`` in training mode on a ``grid x grid`` planted batch."""
     cfg = compose_config([
         f"method={method}", f"backbone={backbone}", f"data.options.grid_size={grid}",
         f"data.options.num_train={batch}", "data.options.num_val=8", f"trainer.device={device}",
@@ -37,30 +38,61 @@ def step_seconds(method: str, grid: int, backbone: str, batch: int, steps: int, 
     run = build_run(cfg)
     run.model.train()
     run.orderer.train()
-    images = run.train_set.images.to(run.device)
-    labels = run.train_set.labels.to(run.device)
+    return run, run.train_set.images.to(run.device), run.train_set.labels.to(run.device)
+
+
+def timed_step(run, images, labels) -> tuple[float, float | None]:
+    """Seconds of one ``train_step`` and the early pass's milliseconds (None without one)."""
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out, _, _ = train_step(run, images, labels)
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, out.aux.get("early_pass_ms")
+
+
+def paired_step_seconds(method: str, grid: int, backbone: str, batch: int, steps: int, device):
+    """Median step seconds of ``method`` and of the fixed row-major order, their steps
+    alternating so that the machine's drift falls on both alike; and the early pass's median
+    milliseconds."""
+    runs = [build(m, grid, backbone, batch, device) for m in ("row_major", method)]
+    times: list[list[float]] = [[], []]
+    early = []
+    for i in range(steps + 3):  # three warm-up rounds
+        for k, (run, images, labels) in enumerate(runs):
+            seconds, early_ms = timed_step(run, images, labels)
+            if i >= 3:
+                times[k].append(seconds)
+                if k == 1 and early_ms is not None:
+                    early.append(early_ms)
+    base, own = (statistics.median(t) for t in times)
+    return own, base, statistics.median(early) if early else None
+
+
+def step_seconds(method: str, grid: int, backbone: str, batch: int, steps: int, device: str):
+    """Median seconds of one training step of ``method`` alone, and its early-pass ms."""
+    run, images, labels = build(method, grid, backbone, batch, device)
     times, early = [], []
-    for i in range(steps + 3):  # three warm-up steps
-        if run.device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out, _, _ = train_step(run, images, labels)
-        if run.device.type == "cuda":
-            torch.cuda.synchronize()
+    for i in range(steps + 3):
+        seconds, early_ms = timed_step(run, images, labels)
         if i >= 3:
-            times.append(time.perf_counter() - start)
-            if "early_pass_ms" in out.aux:
-                early.append(out.aux["early_pass_ms"])
+            times.append(seconds)
+            if early_ms is not None:
+                early.append(early_ms)
     return statistics.median(times), statistics.median(early) if early else None
 
 
 def run_benchmark(device: str, backbone: str = "txl", batch: int = 64, steps: int = 15):
+    """Each method's overhead is against the fixed order measured in alternation with it."""
     rows = []
     for n, grid in GRIDS.items():
         base, _ = step_seconds("row_major", grid, backbone, batch, steps, device)
         rows.append(dict(method="row_major (fixed)", N=n, ms=1e3 * base, overhead_pct=0.0))
         for method in list_estimators():
-            seconds, early_ms = step_seconds(method, grid, backbone, batch, steps, device)
+            gc.collect()
+            seconds, base, early_ms = paired_step_seconds(method, grid, backbone, batch, steps,
+                                                          device)  # fmt: skip
             overhead = 100 * (seconds / base - 1)
             rows.append(dict(method=method, N=n, ms=1e3 * seconds, overhead_pct=overhead,
                              early_pass_ms=early_ms))  # fmt: skip
@@ -84,7 +116,8 @@ def check_targets(rows: list[dict]) -> list[dict]:
 def main(args) -> dict:
     device = args.device
     print(f"# train-step benchmark on {device} ({torch.get_num_threads()} threads): tiny txl, "
-          f"batch 64, median of 15 steps after 3 warm-up")  # fmt: skip
+          f"batch 64, median of 15 steps after 3 warm-up; overhead vs the fixed order, "
+          f"their steps alternating")  # fmt: skip
     rows = run_benchmark(device)
     print(markdown_table(rows, ["method", "N", "ms", "overhead_pct", "early_pass_ms"]))
     checks = check_targets(rows)
