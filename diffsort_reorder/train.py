@@ -196,6 +196,12 @@ def evaluate(run: Run) -> dict:
 
 def build_run(cfg: DictConfig) -> Run:
     t, data_cfg = cfg.trainer, cfg.data
+    est = cfg.get("estimator")
+    if est is not None and not 0 < est.tau.min <= est.tau.max:
+        raise ValueError(
+            f"'estimator.tau' should have 0 < min <= max (estimators need tau > 0) but got "
+            f"min={est.tau.min}, max={est.tau.max}"
+        )
     device = resolve_device(t.device)
     options = OmegaConf.to_container(data_cfg.options, resolve=True) or {}
     train_set, val_set = create_dataset(data_cfg.name, **options)
@@ -317,9 +323,6 @@ def train(cfg: DictConfig) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     t = cfg.trainer
     out_dir = Path(cfg.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    (out_dir / "run.json").write_text(json.dumps({"code_version": code_version()}) + "\n")
     seed_everything(cfg.seed)
     run = build_run(cfg)
 
@@ -333,6 +336,10 @@ def train(cfg: DictConfig) -> dict:
             getattr(run, name).load_state_dict(saved[name])
         set_rng_state(saved["rng"])
         state = {k: saved[k] for k in state}
+    # Recorded once the run is known to be this config's (a refused resume leaves them alone).
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (out_dir / "run.json").write_text(json.dumps({"code_version": code_version()}) + "\n")
 
     log = RunLogger(t.get("log_dir") or out_dir / "tb", run.grid)
     epochs = range(state["epoch"], t.epochs)

@@ -45,6 +45,11 @@ class _Reinforce:
 
     def reinforce(self, log_prob: torch.Tensor, per_sample_loss: torch.Tensor) -> torch.Tensor:
         """``-(reward - baseline) * log_prob``, averaged; then the baseline follows the reward."""
+        if per_sample_loss.shape != log_prob.shape:
+            raise ValueError(
+                f"'per_sample_loss' should have one loss per sample, shape "
+                f"{tuple(log_prob.shape)}, but got {tuple(per_sample_loss.shape)}"
+            )
         reward = -per_sample_loss.detach()  # (B,)
         if not bool(self.baseline_ready):
             self.baseline.fill_(reward.mean())
@@ -263,7 +268,9 @@ class PlackettLuceEstimator(_Reinforce, PermutationEstimator):
     """REINFORCE over a Plackett-Luce policy with one logit per token (REOrder's baseline).
 
     Reward = minus the per-sample task loss; baseline = an EMA of the mean reward (``momentum``);
-    optional entropy bonus ``entropy_weight * H`` with H estimated along the sampled permutation.
+    optional entropy bonus ``entropy_weight * H`` with H the conditional entropies summed along
+    the (first) sampled permutation, whose expectation is the entropy; its gradient is the
+    pathwise part only (the score-function part, ``E[H grad log p]``, is left out).
     One permutation per batch (``samples="batch"``, as REOrder) or per image.
     """
 

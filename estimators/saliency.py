@@ -10,7 +10,9 @@ moves it. Sorting is descending (slot 0 gets the highest score).
 
 Training goes through a differentiable relaxation of the per-image sort (``softsort``,
 ``neuralsort``, ``torchsort``, ``ot_sort``) or through Plackett-Luce REINFORCE over the per-image
-scores (``plackett_luce``); eval applies the hard per-image argsort.
+scores (``plackett_luce``); eval applies the hard per-image argsort. After a training loop's
+policy phase the head is frozen, but its features still come from backbone blocks that keep
+training, so per-image orders can still move then.
 """
 
 from __future__ import annotations

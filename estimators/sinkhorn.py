@@ -5,11 +5,15 @@ returns a doubly-stochastic ``P (..., N, N)``. Once converged it is the entropic
 plan between uniform marginals with cost ``-log_alpha`` and ``reg = 1``, times ``N``: POT's
 ``ot.sinkhorn(a, b, -log_alpha, 1.0) * N``.
 
-How it runs. The first round is taken in the log domain, which leaves every row and column with an
-entry of at least ``1/N``, so ``log_alpha`` of any magnitude (1e6 at tau = 1e-3) stays finite. The
-remaining rounds are scaling updates ``u = 1 / (K v)``, ``v = 1 / (K^T u)`` - one batched
-matrix-vector product each instead of an exp over ``N^2`` entries - and give the same iterates as
-log-domain rounds.
+How it runs. Each round normalizes the columns, then the rows, so the rows of ``P`` sum to 1
+exactly and the columns within the marginal error (reported by ``marginal_error``). The first
+round is taken in the log domain, which leaves every row and column with an entry of at least
+``1/N``, so ``log_alpha`` of magnitude 1e6 (1e3 at tau = 1e-3) stays finite. The remaining rounds
+are scaling updates - one batched matrix-vector product each instead of an exp over ``N^2``
+entries - with the gauge between the two scalings fixed every round so that they cannot drift to
+overflow; they give the same iterates as log-domain rounds. Should a plan still come out
+non-finite (a support the scalings cannot follow), the call falls back to log-domain rounds.
+Half-precision input (autocast) is computed in float32.
 
 Gradients, chosen with ``backward``:
 - ``"unrolled"`` (default): the exact gradient of the iterations that ran. Our backward keeps only
@@ -26,8 +30,10 @@ tested against.
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ._checks import check_count, check_positive, check_square
 
@@ -58,27 +64,44 @@ def _vecmat(v: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
     return torch.bmm(v.unsqueeze(-2), M).squeeze(-2)
 
 
+class _Rounds(NamedTuple):
+    u: torch.Tensor  # (B, N) last row scaling
+    v: torch.Tensor  # (B, N) last column scaling
+    us: list  # u_t
+    vs: list  # v_t, as computed
+    v_ins: list  # the v that entered round t: 1 first, then v_{t-1} / c_{t-1}
+    cs: list  # c_t = max(v_t), (B, 1)
+
+
 def _scaling_rounds(
     K: torch.Tensor, rounds: int, tol: float | None, check_every: int, record: bool
-) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """Run up to ``rounds`` scaling rounds on ``K (B, N, N)``; returns ``u, v`` and, if
-    ``record``, every ``u_t`` and every ``v_t`` (``v_0 = 1`` first)."""
+) -> _Rounds:
+    """Up to ``rounds`` scaling rounds ``u = 1 / (K v)``, ``v = 1 / (K^T u)`` on ``K (B, N, N)``.
+
+    ``(u c, v / c)`` give the same plan for any ``c > 0``, and left alone ``u`` and ``v`` drift
+    apart until they overflow (``max v`` ~ 1e30 after 100 rounds on hard inputs). So the ``v``
+    that enters each round is divided by its largest entry ``c``: the plan ``diag(u) K diag(v)``
+    of the last round is unchanged, and because it does not depend on ``c`` at all, holding
+    ``c`` constant keeps the gradient exact."""
     Kt = K.transpose(-1, -2).contiguous()
-    v = K.new_ones(K.shape[:-1])  # (B, N)
-    u = v
-    us: list[torch.Tensor] = []
-    vs: list[torch.Tensor] = [v]
+    v_in = K.new_ones(K.shape[:-1])  # (B, N)
+    u = v = v_in
+    out = _Rounds(u, v, [], [], [], [])
     for t in range(rounds):
-        u = 1.0 / _vecmat(v, Kt)  # 1 / (K v)
-        v = 1.0 / _vecmat(u, K)  # 1 / (K^T u)
+        u = 1.0 / _vecmat(v_in, Kt)  # 1 / (K v_in)
+        v = 1.0 / _vecmat(u, K)  # 1 / (K^T u): columns of diag(u) K diag(v) sum to 1
+        c = v.amax(-1, keepdim=True)  # (B, 1)
         if record:
-            us.append(u)
-            vs.append(v)
+            out.us.append(u)
+            out.vs.append(v)
+            out.v_ins.append(v_in)
+            out.cs.append(c)
+        v_in = v / c
         if tol is not None and ((t + 1) % check_every == 0 or t + 1 == rounds):
             # Columns are exact after the v update; the rows carry the whole error.
             if float((u * _vecmat(v, Kt) - 1).abs().max()) < tol:
                 break
-    return u, v, us, vs
+    return out._replace(u=u, v=v)
 
 
 def _scale(u: torch.Tensor, K: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -88,32 +111,41 @@ def _scale(u: torch.Tensor, K: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 class _UnrolledSinkhorn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, K, rounds, tol, check_every):
-        u, v, us, vs = _scaling_rounds(K, rounds, tol, check_every, record=True)
-        ctx.save_for_backward(K, torch.stack(us, 1), torch.stack(vs, 1))  # (B,T,N), (B,T+1,N)
-        return _scale(u, K, v)
+        r = _scaling_rounds(K, rounds, tol, check_every, record=True)
+        stack = lambda xs: torch.stack(xs, 1)  # noqa: E731  (B, T, N) or (B, T, 1)
+        U, V = stack(r.us), stack(r.vs)
+        ctx.save_for_backward(K, U, V, stack(r.v_ins), stack(r.cs))
+        # The backward squares the scalings: past this size it would overflow. A NaN plan makes
+        # ``sinkhorn`` take the log-domain path, whose gradient stays finite.
+        limit = torch.finfo(K.dtype).max ** 0.25
+        if not (torch.isfinite(U).all() and U.max() < limit and V.max() < limit):
+            return torch.full_like(K, float("nan"))
+        return _scale(r.u, K, r.v)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_P):
-        K, U, V = ctx.saved_tensors
+        K, U, V, V_in, C = ctx.saved_tensors
         Kt = K.transpose(-1, -2).contiguous()
         rounds = U.shape[1]
         GK = grad_P * K
         grad_K = grad_P * (U[:, -1].unsqueeze(-1) * V[:, -1].unsqueeze(-2))
         grad_u = (GK * V[:, -1].unsqueeze(-2)).sum(-1)  # (B, N), from P = diag(u_T) K diag(v_T)
         grad_v = _vecmat(U[:, -1], GK)
-        grad_w, grad_z = [], []  # adjoints of K^T u_t and K v_{t-1}, latest round first
+        grad_w, grad_z = [], []  # adjoints of K^T u_t and K v_in_t, latest round first
         for t in range(rounds - 1, -1, -1):
-            gw = -grad_v * V[:, t + 1] ** 2  # v_t = 1 / (K^T u_t)
+            gw = -grad_v * V[:, t] ** 2  # v_t = 1 / (K^T u_t)
             grad_u = grad_u + _vecmat(gw, Kt)  # + K gw
-            gz = -grad_u * U[:, t] ** 2  # u_t = 1 / (K v_{t-1})
-            grad_v = _vecmat(gz, K)  # K^T gz
+            gz = -grad_u * U[:, t] ** 2  # u_t = 1 / (K v_in_t)
+            if t:  # v_in_t = v_{t-1} / c_{t-1}, with c held constant
+                grad_v = _vecmat(gz, K) / C[:, t - 1]  # K^T gz / c
             grad_u = torch.zeros_like(grad_u)  # u_{t-1} feeds only v_{t-1}
             grad_w.append(gw)
             grad_z.append(gz)
         grad_w = torch.stack(grad_w[::-1], 1)  # (B, T, N)
         grad_z = torch.stack(grad_z[::-1], 1)  # (B, T, N)
-        # sum_t u_t gw_t^T + gz_t v_{t-1}^T, as two batched products instead of 2T outer products
-        grad_K = grad_K + U.transpose(1, 2) @ grad_w + grad_z.transpose(1, 2) @ V[:, :-1]
+        # sum_t u_t gw_t^T + gz_t v_in_t^T, as two batched products instead of 2T outer products
+        grad_K = grad_K + U.transpose(1, 2) @ grad_w + grad_z.transpose(1, 2) @ V_in
         return grad_K, None, None, None
 
 
@@ -121,12 +153,13 @@ class _ImplicitSinkhorn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, rounds, tol, check_every):
         K = _log_round(x).exp()
-        u, v, _, _ = _scaling_rounds(K, rounds, tol, check_every, record=False)
-        P = _scale(u, K, v)
+        r = _scaling_rounds(K, rounds, tol, check_every, record=False)
+        P = _scale(r.u, K, r.v)
         ctx.save_for_backward(P)
         return P
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_P):
         # log P = x + f 1^T + 1 g^T with unit marginals. Differentiating the marginal constraints
         # gives grad_x = P * (G - lam 1^T - 1 mu^T), where [I P; P^T I] [lam; mu] = [a; b],
@@ -170,13 +203,17 @@ def sinkhorn(
     if backward not in BACKWARDS:
         raise ValueError(f"'backward' should be one of {BACKWARDS} but got {backward!r}")
     shape = log_alpha.shape
-    x = log_alpha.reshape(-1, shape[-2], shape[-1])  # (B, N, N)
-    rounds = n_iters - 1  # the first round is the log-domain one
-    if backward == "implicit":
-        P = _ImplicitSinkhorn.apply(x, rounds, tol, check_every)
-    else:
-        K = _log_round(x).exp()
-        P = _UnrolledSinkhorn.apply(K, rounds, tol, check_every) if rounds else K
+    # Rounds normalize the columns, then the rows, so the rows of P sum to 1 exactly and the
+    # columns within the marginal error: run the row-first code on the transpose.
+    x = log_alpha.reshape(-1, shape[-2], shape[-1]).transpose(-1, -2)  # (B, N, N)
+    # In float32 at least, whatever autocast says: bf16 scalings lose the plan.
+    with torch.autocast(x.device.type, enabled=False):
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        P = _sinkhorn_rounds(x, n_iters - 1, tol, check_every, backward)
+        if not torch.isfinite(P).all():  # a support the scalings cannot follow: log domain
+            P = sinkhorn_ref(x.transpose(-1, -2), n_iters).transpose(-1, -2)
+    P = P.transpose(-1, -2)
     if tol is not None:
         err = float(marginal_error(P.detach()).max())
         if not err < tol:
@@ -189,11 +226,21 @@ def sinkhorn(
     return P.reshape(shape)
 
 
+def _sinkhorn_rounds(x, rounds: int, tol, check_every: int, backward: str) -> torch.Tensor:
+    """``1 + rounds`` row-first rounds on ``x (B, N, N)``: one in the log domain, then scaling."""
+    if backward == "implicit":
+        return _ImplicitSinkhorn.apply(x, rounds, tol, check_every)
+    K = _log_round(x).exp()
+    return _UnrolledSinkhorn.apply(K, rounds, tol, check_every) if rounds else K
+
+
 def sinkhorn_ref(log_alpha: torch.Tensor, n_iters: int = 20) -> torch.Tensor:
-    """Reference: ``n_iters`` log-domain rounds under autograd, keeping every iteration."""
+    """Reference: ``n_iters`` log-domain rounds (columns, then rows, as ``sinkhorn``) under
+    autograd, keeping every iteration."""
     x = log_alpha
     for _ in range(n_iters):
-        x = _log_round(x)
+        x = x - x.logsumexp(-2, keepdim=True)
+        x = x - x.logsumexp(-1, keepdim=True)
     return x.exp()
 
 

@@ -46,6 +46,12 @@ def test_train_step_benchmark_times_the_real_step():
         "saliency", grid=4, backbone="txl", batch=8, steps=1, device="cpu"
     )
     assert 0 < early < 1e3 * seconds  # the early pass is part of the step
+    from diffsort_reorder.bench.train import build, early_pass_gflop, model_gflop
+
+    run, images, _ = build("saliency", grid=4, backbone="txl", batch=8, device="cpu")
+    early, whole = early_pass_gflop(run, images), model_gflop(run, images)
+    assert 0 < early < whole  # one of the two blocks, on the same tokens
+    assert early_pass_gflop(build("softsort", 4, "txl", 8, "cpu")[0], images) is None
     rows = [
         dict(method="softsort", N=64, ms=12.0, overhead_pct=20.0),
         dict(method="torchsort", N=64, ms=15.0, overhead_pct=50.0),

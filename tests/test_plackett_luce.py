@@ -111,3 +111,10 @@ def test_bad_input():
         plackett_luce_sample(torch.zeros(3), num_samples=0)
     with pytest.raises(ValueError, match="one device.*'logits' on cpu.*'index' on meta"):
         plackett_luce_log_prob(torch.zeros(3), torch.arange(3, device="meta"))
+
+
+def test_surrogate_refuses_a_loss_of_the_wrong_shape():
+    est = create_estimator("plackett_luce", num_tokens=4, samples="image")
+    out = est(torch.randn(5, 4, 2))
+    with pytest.raises(ValueError, match="'per_sample_loss' should have one loss per sample"):
+        est.surrogate_loss(out, torch.rand(5, 1))  # would broadcast to (5, 5) otherwise

@@ -191,3 +191,12 @@ def test_cli_prints_the_table_and_writes_the_order(tmp_path, capsys, prior):
     assert sorted(result["order"]) == list(range(16))
     assert json.loads((tmp_path / "order.json").read_text())["order"] == result["order"]
     assert (tmp_path / "order.png").stat().st_size > 1000
+
+
+def test_collapse_prior_leaves_the_global_rng_alone(tmp_path):
+    images = torch.rand(16, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    collapse_prior(images, 2, steps=2, cache_dir=False)
+    assert torch.equal(torch.rand(3), expected)

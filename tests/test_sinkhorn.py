@@ -92,7 +92,7 @@ def test_finite_at_tiny_tau_and_huge_log_alpha(backward):
     P = gumbel_sinkhorn(log_alpha, tau=1e-3, n_iters=20, noise=0.0, backward=backward)
     (P * torch.randn_like(P)).sum().backward()
     assert torch.isfinite(P).all() and torch.isfinite(log_alpha.grad).all()
-    assert torch.allclose(P.sum(-2), torch.ones(4, 32), atol=1e-4)  # columns exact after a round
+    assert torch.allclose(P.sum(-1), torch.ones(4, 32), atol=1e-4)  # rows exact after a round
 
 
 def test_warns_when_tol_not_reached_and_stops_early_when_reached():
@@ -155,3 +155,42 @@ def test_bad_input(kwargs, error, message):
 def test_bad_tau(tau):
     with pytest.raises(ValueError, match="'tau' should be a positive finite number"):
         gumbel_sinkhorn(torch.zeros(3, 3), tau=tau)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_long_runs_on_hard_inputs_stay_finite_and_exact(seed):
+    # Left alone, the two scalings drift apart and overflow after ~100 rounds on such inputs.
+    g = torch.Generator().manual_seed(seed)
+    x = (3.0 * torch.randn(2, 8, 8, generator=g, dtype=torch.float64) / 0.01).requires_grad_()
+    P, R = sinkhorn(x, n_iters=300), sinkhorn_ref(x, n_iters=300)
+    assert torch.isfinite(P).all() and torch.allclose(P, R, atol=1e-8)
+    G = torch.randn(2, 8, 8, generator=g, dtype=torch.float64)
+    (gp,) = torch.autograd.grad((P * G).sum(), x)
+    (gr,) = torch.autograd.grad((R * G).sum(), x)
+    assert torch.isfinite(gp).all() and torch.allclose(gp, gr, atol=1e-8, rtol=1e-6)
+
+
+def test_rows_sum_to_one_exactly_and_columns_within_the_marginal_error():
+    x = 10.0 * torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(0))
+    P = sinkhorn(x, n_iters=5)
+    assert torch.allclose(P.sum(-1), torch.ones(3, 16), atol=1e-5)
+    err = marginal_error(P)
+    assert err.max() > 1e-3  # not converged after 5 rounds: the columns carry the error
+    assert torch.allclose((P.sum(-2) - 1).abs().amax(-1), err, atol=1e-5)
+
+
+@pytest.mark.parametrize("backward", ["unrolled", "implicit"])
+def test_autocast_bfloat16_runs_in_float32(backward):
+    x = torch.randn(2, 6, 6, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        P = gumbel_sinkhorn(x, tau=0.5, n_iters=10, backward=backward)
+        out = P @ torch.randn(2, 6, 3)
+    out.float().sum().backward()
+    assert P.dtype == torch.float32 and torch.isfinite(x.grad).all()
+
+
+def test_second_derivatives_are_refused_not_wrong():
+    x = torch.randn(1, 4, 4, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(sinkhorn(x, n_iters=5).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|not differentiable twice"):
+        g.sum().backward()

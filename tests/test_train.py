@@ -200,3 +200,16 @@ def test_bad_config(tmp_path, overrides, message):
 
 def test_methods_cover_orders_oracle_and_estimators():
     assert {"row_major", "hilbert", "oracle", "softsort", "plackett_luce"} <= set(list_methods())
+
+
+def test_tau_floor_is_checked_before_training(tmp_path):
+    with pytest.raises(ValueError, match="'estimator.tau' should have 0 < min <= max"):
+        train(tiny(tmp_path, "method=plackett_luce", "estimator.tau.min=0"))
+
+
+def test_refused_resume_keeps_the_recorded_config(tmp_path):
+    train(tiny(tmp_path, "trainer.stop_after_epochs=1"))
+    recorded = (tmp_path / "config.yaml").read_text()
+    with pytest.raises(ValueError, match="another config"):
+        train(tiny(tmp_path, "trainer.lr=0.1"))
+    assert (tmp_path / "config.yaml").read_text() == recorded

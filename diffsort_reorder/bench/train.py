@@ -19,6 +19,7 @@ import torch
 from estimators import list_estimators
 
 from ..config import compose_config
+from ..data import patchify
 from ..train import build_run, seed_everything, train_step
 from . import markdown_table
 
@@ -52,6 +53,31 @@ def timed_step(run, images, labels) -> tuple[float, float | None]:
     return time.perf_counter() - start, out.aux.get("early_pass_ms")
 
 
+def early_pass_gflop(run, images) -> float | None:
+    """Forward GFLOPs of the early pass an orderer asks for (matrix products, counted by
+    ``torch.utils.flop_counter``), against the whole model's forward in the same units."""
+    blocks = run.orderer.feature_blocks
+    if not blocks:
+        return None
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad():
+        tokens = run.model.embed(patchify(images, run.cfg.data.patch_size))
+        with FlopCounterMode(display=False) as counter:
+            run.model.early_features(tokens, blocks)
+    return counter.get_total_flops() / 1e9
+
+
+def model_gflop(run, images) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad():
+        tokens = run.model.embed(patchify(images, run.cfg.data.patch_size))
+        with FlopCounterMode(display=False) as counter:
+            run.model.classify(tokens)
+    return counter.get_total_flops() / 1e9
+
+
 def paired_step_seconds(method: str, grid: int, backbone: str, batch: int, steps: int, device):
     """Median step seconds of ``method`` and of the fixed row-major order, their steps
     alternating so that the machine's drift falls on both alike; and the early pass's median
@@ -67,7 +93,11 @@ def paired_step_seconds(method: str, grid: int, backbone: str, batch: int, steps
                 if k == 1 and early_ms is not None:
                     early.append(early_ms)
     base, own = (statistics.median(t) for t in times)
-    return own, base, statistics.median(early) if early else None
+    run, images, _ = runs[1]
+    flops = early_pass_gflop(run, images)
+    if flops is not None:
+        flops = (flops, model_gflop(run, images))
+    return own, base, statistics.median(early) if early else None, flops
 
 
 def step_seconds(method: str, grid: int, backbone: str, batch: int, steps: int, device: str):
@@ -91,11 +121,15 @@ def run_benchmark(device: str, backbone: str = "txl", batch: int = 64, steps: in
         rows.append(dict(method="row_major (fixed)", N=n, ms=1e3 * base, overhead_pct=0.0))
         for method in list_estimators():
             gc.collect()
-            seconds, base, early_ms = paired_step_seconds(method, grid, backbone, batch, steps,
-                                                          device)  # fmt: skip
+            seconds, base, early_ms, flops = paired_step_seconds(
+                method, grid, backbone, batch, steps, device
+            )
             overhead = 100 * (seconds / base - 1)
-            rows.append(dict(method=method, N=n, ms=1e3 * seconds, overhead_pct=overhead,
-                             early_pass_ms=early_ms))  # fmt: skip
+            row = dict(method=method, N=n, ms=1e3 * seconds, overhead_pct=overhead,
+                       early_pass_ms=early_ms)  # fmt: skip
+            if flops is not None:
+                row.update(early_pass_gflop=flops[0], model_gflop=flops[1])
+            rows.append(row)
     return rows
 
 
@@ -119,7 +153,9 @@ def main(args) -> dict:
           f"batch 64, median of 15 steps after 3 warm-up; overhead vs the fixed order, "
           f"their steps alternating")  # fmt: skip
     rows = run_benchmark(device)
-    print(markdown_table(rows, ["method", "N", "ms", "overhead_pct", "early_pass_ms"]))
+    columns = ["method", "N", "ms", "overhead_pct", "early_pass_ms", "early_pass_gflop",
+               "model_gflop"]  # fmt: skip
+    print(markdown_table(rows, columns))
     checks = check_targets(rows)
     print()
     print(markdown_table(checks, ["target", "measured", "holds"]))

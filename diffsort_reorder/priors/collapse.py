@@ -121,8 +121,11 @@ def contrastive_term(w: torch.Tensor) -> torch.Tensor:
 
 def train_selector(patches, dim, sigma, steps, batch_size, lr, sparsity, contrastive, seed):
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = PatchSelector(patches.shape[-1], patches.shape[1], dim, sigma)
+    # Seed the initialization without touching the caller's RNG: a cached prior and a computed
+    # one must leave a training run in the same state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = PatchSelector(patches.shape[-1], patches.shape[1], dim, sigma)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     for step in range(steps):
