@@ -57,10 +57,6 @@ def inverse_order(order: torch.Tensor) -> torch.Tensor:
     return inverse
 
 
-def reverse_order(order: torch.Tensor) -> torch.Tensor:
-    return order.flip(0)
-
-
 @register_order("row_major")
 def _row_major(height: int, width: int) -> list[int]:
     return list(range(height * width))

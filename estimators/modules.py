@@ -70,8 +70,13 @@ def ramp_scores(order: torch.Tensor) -> torch.Tensor:
     return scores
 
 
-def _entropy_rows(P: torch.Tensor) -> torch.Tensor:
-    return -(P * P.clamp_min(1e-30).log()).sum(-1).mean()
+def _soft_aux(P: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Diagnostics of a soft permutation: its marginal error and mean row entropy."""
+    P = P.detach()
+    return {
+        "marginal_error": marginal_error(P).max(),
+        "row_entropy": -(P * P.clamp_min(1e-30).log()).sum(-1).mean(),
+    }
 
 
 class PermutationEstimator(nn.Module):
@@ -125,10 +130,12 @@ class PermutationEstimator(nn.Module):
     ) -> PermutationOutput:
         """``features (B, N, F)``: what per-image estimators score (global ones ignore it)."""
         self.check_tokens(tokens)
-        if not self.training:
-            index = self.order().to(tokens.device).expand(tokens.shape[0], -1)  # (B, N)
-            return PermutationOutput(apply_permutation(tokens, index=index), index)
-        return self.train_forward(tokens)
+        return self.train_forward(tokens) if self.training else self.hard_output(tokens)
+
+    def hard_output(self, tokens: torch.Tensor) -> PermutationOutput:
+        """``order()`` applied to every image: what eval returns."""
+        index = self.order().to(tokens.device).expand(tokens.shape[0], -1)  # (B, N)
+        return PermutationOutput(apply_permutation(tokens, index=index), index)
 
     def train_forward(self, tokens: torch.Tensor) -> PermutationOutput:
         raise NotImplementedError
@@ -159,10 +166,7 @@ class _ScoreSortEstimator(PermutationEstimator):
         b = tokens.shape[0]
         P = self.relax(self.scores.to(tokens.dtype)).unsqueeze(0)  # (1, N, N), shared by the batch
         index = self.order().to(tokens.device).expand(b, -1)  # (B, N)
-        aux = {
-            "marginal_error": marginal_error(P.detach()).max(),
-            "row_entropy": _entropy_rows(P.detach()),
-        }
+        aux = _soft_aux(P)
         out = apply_permutation(tokens, soft=P)
         return PermutationOutput(out, index, soft=P.expand(b, -1, -1), aux=aux)
 
@@ -252,10 +256,7 @@ class GumbelSinkhornEstimator(PermutationEstimator):
             log_alpha, self.tau, self.n_iters, self.noise, backward=self.backward_mode
         )  # (S, N, N)
         index = hard_permutation(P).expand(b, -1)  # (B, N)
-        aux = {
-            "marginal_error": marginal_error(P.detach()).max(),
-            "row_entropy": _entropy_rows(P.detach()),
-        }
+        aux = _soft_aux(P)
         if self.hard:
             hard = nn.functional.one_hot(index[:draws], self.num_tokens).to(P.dtype)
             P = hard - P.detach() + P

@@ -78,39 +78,39 @@ def model_gflop(run, images) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def paired_step_seconds(method: str, grid: int, backbone: str, batch: int, steps: int, device):
-    """Median step seconds of ``method`` and of the fixed row-major order, their steps
-    alternating so that the machine's drift falls on both alike; and the early pass's median
-    milliseconds."""
-    runs = [build(m, grid, backbone, batch, device) for m in ("row_major", method)]
-    times: list[list[float]] = [[], []]
+def median_step_seconds(runs: list, steps: int) -> tuple[list[float], float | None]:
+    """Median step seconds of each run, their steps alternating (three warm-up rounds), so that
+    the machine's drift falls on all alike; and the last run's median early-pass ms."""
+    times: list[list[float]] = [[] for _ in runs]
     early = []
-    for i in range(steps + 3):  # three warm-up rounds
+    for i in range(steps + 3):
         for k, (run, images, labels) in enumerate(runs):
             seconds, early_ms = timed_step(run, images, labels)
             if i >= 3:
                 times[k].append(seconds)
-                if k == 1 and early_ms is not None:
+                if k == len(runs) - 1 and early_ms is not None:
                     early.append(early_ms)
-    base, own = (statistics.median(t) for t in times)
+    return [statistics.median(t) for t in times], statistics.median(early) if early else None
+
+
+def paired_step_seconds(method: str, grid: int, backbone: str, batch: int, steps: int, device):
+    """``method``'s and the fixed row-major order's median step seconds, measured in
+    alternation; the early pass's median ms; its and the model's forward GFLOPs."""
+    runs = [build(m, grid, backbone, batch, device) for m in ("row_major", method)]
+    (base, own), early_ms = median_step_seconds(runs, steps)
     run, images, _ = runs[1]
     flops = early_pass_gflop(run, images)
     if flops is not None:
         flops = (flops, model_gflop(run, images))
-    return own, base, statistics.median(early) if early else None, flops
+    return own, base, early_ms, flops
 
 
 def step_seconds(method: str, grid: int, backbone: str, batch: int, steps: int, device: str):
     """Median seconds of one training step of ``method`` alone, and its early-pass ms."""
-    run, images, labels = build(method, grid, backbone, batch, device)
-    times, early = [], []
-    for i in range(steps + 3):
-        seconds, early_ms = timed_step(run, images, labels)
-        if i >= 3:
-            times.append(seconds)
-            if early_ms is not None:
-                early.append(early_ms)
-    return statistics.median(times), statistics.median(early) if early else None
+    (seconds,), early_ms = median_step_seconds(
+        [build(method, grid, backbone, batch, device)], steps
+    )
+    return seconds, early_ms
 
 
 def run_benchmark(device: str, backbone: str = "txl", batch: int = 64, steps: int = 15):
