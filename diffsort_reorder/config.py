@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from estimators import list_estimators
@@ -38,8 +39,16 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
     prior = method if method in PRIOR_GROUPS else _value_of(overrides, "estimator.init")
     if prior in PRIOR_GROUPS and _value_of(overrides, "prior") is None:
         overrides.append(f"prior={PRIOR_GROUPS[prior]}")
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides)
+    # Inside a @hydra.main app (the study) Hydra is initialized already: compose beside it.
+    outer = GlobalHydra.instance().hydra
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=overrides)
+    finally:
+        if outer is not None:
+            GlobalHydra.instance().clear()
+            GlobalHydra.instance().initialize(outer)
     return cfg
 
 

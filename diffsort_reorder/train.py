@@ -18,6 +18,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,6 +195,17 @@ def evaluate(run: Run) -> dict:
     return {"val_loss": loss_sum / len(run.val_set), "val_acc": correct / len(run.val_set)}
 
 
+@torch.no_grad()
+def example_order(run: Run) -> list[int]:
+    """The hard order ``(N,)`` the orderer gives the first validation image."""
+    run.model.eval()
+    run.orderer.eval()
+    image = run.val_set[0][0][None].to(run.device)  # (1, C, H, W)
+    with run.autocast():
+        out, _ = order_tokens(run, patchify(image, run.cfg.data.patch_size))
+    return out.index[0].cpu().tolist()
+
+
 def build_run(cfg: DictConfig) -> Run:
     t, data_cfg = cfg.trainer, cfg.data
     est = cfg.get("estimator")
@@ -318,8 +330,53 @@ def train_epoch(run: Run, epoch: int, step: int, log: RunLogger) -> tuple[dict, 
     return {"phase": phase, "train_loss": loss_sum / seen, "train_acc": correct / seen}, step, soft
 
 
-def train(cfg: DictConfig) -> dict:
-    """Train one run as ``cfg`` says; returns its metrics (see the module docstring)."""
+def fit(run: Run, state: dict, log: RunLogger, on_epoch: Callable | None = None) -> None:
+    """Train the epochs ``state`` has not done yet, updating ``state`` after each one."""
+    cfg, t = run.cfg, run.cfg.trainer
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    epochs = range(state["epoch"], t.epochs)
+    bar = tqdm(epochs, desc=f"{cfg.method}/{cfg.backbone.name}", initial=state["epoch"],
+               total=t.epochs, disable=not show_progress(t.progress))  # fmt: skip
+    for epoch in bar:
+        if t.stop_after_epochs is not None and epoch >= t.stop_after_epochs:
+            break  # as if interrupted: the checkpoint holds every finished epoch
+        # 1. Train one epoch.
+        started = time.perf_counter()
+        metrics, state["step"], soft = train_epoch(run, epoch, state["step"], log)
+        state["train_seconds"] += time.perf_counter() - started
+        # 2. Validate and log.
+        metrics = {"epoch": epoch + 1, **metrics, **evaluate(run)}
+        state["best_val_acc"] = max(state["best_val_acc"], metrics["val_acc"])
+        state["history"].append(metrics)
+        state["epoch"] = epoch + 1
+        scalars = {
+            f"{k.replace('_', '/', 1)}": metrics[k] for k in ("train_acc", "val_loss", "val_acc")
+        }
+        log.scalars(state["step"], scalars)
+        if run.orderer.is_global and (epoch % t.image_every == 0 or epoch + 1 == t.epochs):
+            log.order(state["step"], run.orderer.order().cpu(), f"{cfg.method} epoch {epoch + 1}")
+            if soft is not None:
+                log.soft_matrix(state["step"], soft)
+        bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['val_acc']:.3f}")
+        # 3. Checkpoint atomically: a crash leaves the previous epoch's file whole.
+        if t.checkpoint:
+            modules = {
+                n: getattr(run, n).state_dict()
+                for n in ("model", "orderer", "optimizer", "scheduler")
+            }
+            checkpoint = {"config": resolved, **state, **modules, "rng": rng_state()}
+            save_atomic(checkpoint, Path(cfg.output_dir) / CHECKPOINT)
+            log.flush()
+        # 4. Tell the caller (a study's pruner may stop the run here).
+        if on_epoch is not None:
+            on_epoch(epoch + 1, metrics)
+
+
+def train(cfg: DictConfig, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+    """Train one run as ``cfg`` says; returns its metrics (see the module docstring).
+
+    ``on_epoch(epoch, metrics)`` is called after each epoch is validated and checkpointed (a study
+    reports ``metrics["val_acc"]`` to its pruner there); an exception it raises ends the run."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     t = cfg.trainer
     out_dir = Path(cfg.output_dir)
@@ -342,38 +399,11 @@ def train(cfg: DictConfig) -> dict:
     (out_dir / "run.json").write_text(json.dumps({"code_version": code_version()}) + "\n")
 
     log = RunLogger(t.get("log_dir") or out_dir / "tb", run.grid)
-    epochs = range(state["epoch"], t.epochs)
-    bar = tqdm(epochs, desc=f"{cfg.method}/{cfg.backbone.name}", initial=state["epoch"],
-               total=t.epochs, disable=not show_progress(t.progress))  # fmt: skip
-    for epoch in bar:
-        if t.stop_after_epochs is not None and epoch >= t.stop_after_epochs:
-            break  # as if interrupted: the checkpoint holds every finished epoch
-        # 2. Train one epoch.
-        started = time.perf_counter()
-        metrics, state["step"], soft = train_epoch(run, epoch, state["step"], log)
-        state["train_seconds"] += time.perf_counter() - started
-        # 3. Validate and log.
-        metrics = {"epoch": epoch + 1, **metrics, **evaluate(run)}
-        state["best_val_acc"] = max(state["best_val_acc"], metrics["val_acc"])
-        state["history"].append(metrics)
-        state["epoch"] = epoch + 1
-        scalars = {
-            f"{k.replace('_', '/', 1)}": metrics[k] for k in ("train_acc", "val_loss", "val_acc")
-        }
-        log.scalars(state["step"], scalars)
-        if run.orderer.is_global and (epoch % t.image_every == 0 or epoch + 1 == t.epochs):
-            log.order(state["step"], run.orderer.order().cpu(), f"{cfg.method} epoch {epoch + 1}")
-            if soft is not None:
-                log.soft_matrix(state["step"], soft)
-        bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['val_acc']:.3f}")
-        # 4. Checkpoint atomically: a crash leaves the previous epoch's file whole.
-        if t.checkpoint:
-            modules = {
-                n: getattr(run, n).state_dict()
-                for n in ("model", "orderer", "optimizer", "scheduler")
-            }
-            save_atomic({"config": resolved, **state, **modules, "rng": rng_state()}, ckpt_path)
-            log.flush()
+    try:
+        fit(run, state, log, on_epoch)
+    except BaseException:
+        log.close()  # a pruned or interrupted run leaves its events on disk
+        raise
 
     history = state["history"]
     last = history[-1] if history else {}
@@ -389,7 +419,10 @@ def train(cfg: DictConfig) -> dict:
         "backbone": cfg.backbone.name,
         "data": cfg.data.name,
         "seed": cfg.seed,
+        "grid": list(run.grid),
         "order": run.orderer.order().cpu().tolist() if run.orderer.is_global else None,
+        # A per-image orderer's order for the first validation image (for drawings).
+        "example_order": example_order(run),
         "output_dir": str(out_dir),
     }
     if result["finished"]:

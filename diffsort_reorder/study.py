@@ -1,0 +1,417 @@
+"""The study: which estimator learns the best patch order, against fixed scans and priors.
+
+``python -m diffsort_reorder.study [study=<name>] [study.key=value ...]`` is a Hydra app
+(``configs/study.yaml``). For every learned method Optuna searches the space in
+``configs/space/`` (one Optuna study per method, in one storage); each trial's run config is
+composed with Hydra's compose API from ``configs/config.yaml`` and run by :func:`train`, which
+reports the validation accuracy every epoch to the pruner. Fixed orders (scan orders, priors) are
+not searched. Then every method's best config is re-run with ``study.seeds`` fresh seeds, and
+:mod:`diffsort_reorder.report` writes ``report.md``, ``results.csv``, ``comparison.png`` and
+``orders.png``. The path of ``report.md`` is printed last.
+
+Re-running the same command resumes: finished trials and seed runs are kept, and a trial that was
+interrupted (Ctrl-C, a killed worker) is run again with its parameters from its last checkpoint. A
+trial whose loss or gradient goes non-finite, or that runs out of memory, ends FAIL with the reason
+in its ``fail_reason`` attribute, and the study goes on. Several workers may share a study through
+``study.storage=`` (a journal file or a database URL; never SQLite for several processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import shutil
+import sys
+import time
+import warnings
+import zlib
+from pathlib import Path
+
+import hydra
+import optuna
+import torch
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from .config import compose_config, to_yaml
+from .methods import fixed_orders, list_methods
+from .orderings import ORDERINGS
+from .priors import PRIORS
+from .report import write_report
+from .train import show_progress, train
+
+# Failures that end one trial (FAIL, with the reason) and let the study go on.
+TRIAL_ERRORS = (FloatingPointError, torch.OutOfMemoryError)
+SPACE_TYPES = ("float", "int", "categorical")
+SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+PRUNERS = {
+    "median": optuna.pruners.MedianPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "none": optuna.pruners.NopPruner,
+}
+JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
+HEARTBEAT_SECONDS, GRACE_SECONDS = 30, 120  # a worker silent for 2 minutes is dead
+
+
+class StudyStopped(Exception):
+    """``study.stop_after_runs`` was reached (as if interrupted)."""
+
+
+def is_learned(method: str) -> bool:
+    return method not in fixed_orders()
+
+
+# --------------------------------------------------------------------------- checking the input
+def check_methods(methods) -> list[str]:
+    methods = list(methods or [])
+    if not methods:
+        raise ValueError("'study.methods' is empty; name at least one method")
+    known = [m for m in list_methods() if m != "oracle"]
+    for method in methods:
+        if method == "oracle":
+            raise ValueError(
+                "'study.methods' contains 'oracle'; a study never compares against the oracle "
+                "order (real data has none)"
+            )
+        if method not in known:
+            raise ValueError(
+                f"'study.methods' contains unknown method {method!r}; available: {', '.join(known)}"
+            )
+    duplicates = sorted({m for m in methods if methods.count(m) > 1})
+    if duplicates:
+        raise ValueError(f"'study.methods' names {duplicates} more than once")
+    return methods
+
+
+def check_space(method: str, space) -> dict[str, dict]:
+    """The search space of ``method`` as ``{config key: spec}``, each spec checked."""
+    if space is None or not len(space):
+        raise ValueError(
+            f"learned method {method!r} has no search space; add 'space.{method}' "
+            f"(configs/space/) or remove it from 'study.methods'"
+        )
+    checked = {}
+    for key, spec in space.items():
+        where = f"'space.{method}.{key}'"
+        spec = OmegaConf.to_container(spec) if isinstance(spec, DictConfig) else spec
+        if not isinstance(spec, dict) or spec.get("type") not in SPACE_TYPES:
+            raise ValueError(f"{where} should be a mapping with type one of {SPACE_TYPES}: {spec}")
+        if spec["type"] == "categorical":
+            choices = spec.get("choices")
+            if not isinstance(choices, list) or not choices:
+                raise ValueError(f"{where} has no choices (an empty search space): {spec}")
+            if key.endswith(".init") and "oracle" in choices:
+                raise ValueError(f"{where} offers 'oracle' as a starting order; studies never do")
+        else:
+            low, high = spec.get("low"), spec.get("high")
+            if not all(isinstance(v, (int, float)) for v in (low, high)) or not low < high:
+                raise ValueError(f"{where} needs low < high (an empty range otherwise): {spec}")
+            if spec.get("log") and low <= 0:
+                raise ValueError(f"{where} is log-scaled, so low should be > 0: {spec}")
+        checked[key] = spec
+    return checked
+
+
+def first_point(space: dict[str, dict]) -> dict:
+    """A point of the space (each range's low end, each first choice), for checking configs."""
+    return {
+        k: s["choices"][0] if s["type"] == "categorical" else s["low"] for k, s in space.items()
+    }
+
+
+def suggest(trial: optuna.Trial, key: str, spec: dict):
+    if spec["type"] == "categorical":
+        return trial.suggest_categorical(key, spec["choices"])
+    if spec["type"] == "int":
+        return trial.suggest_int(key, spec["low"], spec["high"], step=spec.get("step", 1),
+                                 log=spec.get("log", False))  # fmt: skip
+    return trial.suggest_float(key, spec["low"], spec["high"], log=spec.get("log", False))
+
+
+def override_value(value) -> str:
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)  # nan, inf: Hydra's spelling
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+# --------------------------------------------------------------------------- storage
+def open_storage(url: str | None, output_dir: Path):
+    """The Optuna storage ``url`` names: None for SQLite in ``output_dir``, a file ending in
+    .log/.journal/.jsonl (or ``journal:<path>``) for a journal, else an RDB URL."""
+    if url is None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{(output_dir / 'study.db').resolve()}"
+    try:
+        if url.startswith("journal:") or url.endswith(JOURNAL_SUFFIXES):
+            path = Path(url.removeprefix("journal:"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            backend = optuna.storages.journal.JournalFileBackend(str(path))
+            return optuna.storages.JournalStorage(backend)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # Heartbeats let a re-run see a killed worker's trial as interrupted.
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS
+            )
+    except Exception as err:  # noqa: BLE001  (SQLAlchemy, OS and Optuna errors alike)
+        raise ValueError(
+            f"'study.storage' {url!r} could not be opened ({type(err).__name__}: {err}); give an "
+            f"Optuna database URL (sqlite:///path.db, postgresql://...) or a journal file (*.log)"
+        ) from err
+
+
+# --------------------------------------------------------------------------- the study
+class Study:
+    """One invocation of a study; :meth:`run` searches, re-runs the best configs and reports."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        s = cfg.study
+        self.cfg, self.s = cfg, s
+        self.methods = check_methods(s.methods)
+        for key in ("n_trials", "seeds"):
+            if not isinstance(s[key], int) or s[key] < 1:
+                raise ValueError(f"'study.{key}' should be an integer >= 1 but got {s[key]!r}")
+        if s.sampler.name not in SAMPLERS:
+            raise ValueError(f"'study.sampler.name' should be one of {list(SAMPLERS)}: {s.sampler}")
+        if s.pruner.name not in PRUNERS:
+            raise ValueError(f"'study.pruner.name' should be one of {list(PRUNERS)}: {s.pruner}")
+        self.spaces = {
+            m: check_space(m, cfg.space.get(m)) for m in self.methods if is_learned(m)
+        }  # fmt: skip
+        self.output_dir = Path(s.output_dir)
+        # Every run's config composes now, before any training: a bad key fails here.
+        for method in self.methods:
+            self.check_run_config(method)
+        self.storage = open_storage(s.storage, self.output_dir)
+        self.runs_done = 0
+        self.bar = None
+
+    # --- run configs
+    def run_config(self, method: str, seed: int, name: str, params: dict) -> DictConfig:
+        overrides = [
+            *self.s.overrides,
+            f"method={method}",
+            f"seed={seed}",
+            f"output_dir={self.output_dir.resolve() / 'train' / method / name}",
+            f"trainer.log_dir={self.output_dir.resolve() / 'runs' / self.s.name / method / name}",
+            "trainer.progress=false",
+            *(f"{key}={override_value(value)}" for key, value in params.items()),
+        ]
+        return compose_config(overrides)
+
+    def check_run_config(self, method: str) -> None:
+        params = first_point(self.spaces[method]) if method in self.spaces else {}
+        try:
+            cfg = self.run_config(method, self.s.seed, "check", params)
+        except HydraException as err:
+            where = f"'space.{method}'" if params else "'study.overrides'"
+            raise ValueError(
+                f"{where}: the run config for {method!r} does not compose: {err}"
+            ) from err
+        est = cfg.get("estimator")
+        if est is not None and est.init not in (*ORDERINGS, *PRIORS):
+            raise ValueError(
+                f"{method!r} starts from {est.init!r}; a study's estimators start from a scan "
+                f"order or a prior ({', '.join([*ORDERINGS, *PRIORS])}), never the oracle"
+            )
+
+    # --- progress
+    def tick(self, line: str) -> None:
+        self.runs_done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        tqdm.write(line, file=sys.stderr)
+        stop = self.s.stop_after_runs
+        if stop is not None and self.runs_done >= stop:
+            raise StudyStopped(f"stopped after {self.runs_done} runs (study.stop_after_runs)")
+
+    # --- search
+    def optuna_study(self, method: str) -> optuna.Study:
+        seed = zlib.crc32(f"{self.s.seed}/{method}".encode())
+        sampler = SAMPLERS[self.s.sampler.name](
+            seed=seed, **OmegaConf.to_container(self.s.sampler.get("options") or {})
+        )
+        pruner = PRUNERS[self.s.pruner.name](
+            **OmegaConf.to_container(self.s.pruner.get("options") or {})
+        )
+        return optuna.create_study(
+            study_name=f"{self.s.name}/{method}", storage=self.storage, sampler=sampler,
+            pruner=pruner, direction="maximize", load_if_exists=True,
+        )  # fmt: skip
+
+    def objective(self, method: str):
+        space, metric = self.spaces[method], self.s.metric
+
+        def run_trial(trial: optuna.Trial) -> float:
+            params = {key: suggest(trial, key, spec) for key, spec in space.items()}
+            # A retried trial continues its original's run directory (and checkpoint).
+            name = f"trial-{trial.user_attrs.get('retry_of', trial.number):04d}"
+            cfg = self.run_config(method, self.s.seed, name, params)
+
+            def report(epoch: int, metrics: dict) -> None:
+                trial.report(metrics[metric], epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"epoch {epoch}: {metric} {metrics[metric]:.4f}")
+
+            try:
+                result = train(cfg, on_epoch=report)
+            except TRIAL_ERRORS as err:
+                trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
+                if isinstance(err, torch.OutOfMemoryError) and torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                raise
+            trial.set_user_attr("train_seconds", result["train_seconds"])
+            return result[metric]
+
+        return run_trial
+
+    def search(self, method: str) -> optuna.Study:
+        study = self.optuna_study(method)
+        objective = self.objective(method)
+        while True:
+            requeue_interrupted(study)
+            if sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False)) >= (
+                self.s.n_trials
+            ):
+                return study
+            started = time.perf_counter()
+            study.optimize(objective, n_trials=1, catch=TRIAL_ERRORS)
+            last = study.get_trials(deepcopy=False)[-1]
+            self.tick(f"{method} trial {last.number}: {describe(last)} "
+                      f"({time.perf_counter() - started:.1f} s)")  # fmt: skip
+
+    # --- seed re-runs
+    def seed_run(self, method: str, params: dict, seed: int) -> dict:
+        """Run (or reuse) ``method`` with ``params`` and ``seed``; one worker at a time."""
+        name = f"seed-{seed}"
+        cfg = self.run_config(method, seed, name, params)
+        run_dir, log_dir = Path(cfg.output_dir), Path(cfg.trainer.log_dir)
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive(run_dir.parent / f".{name}.lock"):
+            done = finished_result(run_dir, cfg)
+            if done is not None:
+                return done
+            if (run_dir / "config.yaml").exists() and (run_dir / "config.yaml").read_text() != (
+                to_yaml(cfg)
+            ):  # another best config than last time: start this seed afresh
+                shutil.rmtree(run_dir)
+                shutil.rmtree(log_dir, ignore_errors=True)
+            started = time.perf_counter()
+            try:
+                result = train(cfg)
+            except TRIAL_ERRORS as err:
+                result = {"failed": f"{type(err).__name__}: {err}", "seed": seed}
+            result["wall_seconds"] = round(time.perf_counter() - started, 2)
+        summary = result.get("failed") or f"{self.s.metric} {result[self.s.metric]:.3f}"
+        self.tick(f"{method} seed {seed}: {summary} ({result['wall_seconds']:.1f} s)")
+        return result
+
+    def run(self) -> Path:
+        s = self.s
+        total = len(self.spaces) * s.n_trials + len(self.methods) * s.seeds
+        self.bar = tqdm(total=total, desc=s.name, unit="run", file=sys.stderr,
+                        disable=not show_progress(s.progress))  # fmt: skip
+        started = time.perf_counter()
+        searches: dict[str, optuna.Study] = {}
+        seeds = [s.seed + k for k in range(1, s.seeds + 1)]
+        results: dict[str, list[dict]] = {}
+        try:
+            for method in self.methods:
+                if method in self.spaces:
+                    self.bar.set_description(f"{s.name}: search {method}")
+                    searches[method] = self.search(method)
+            for method in self.methods:
+                self.bar.set_description(f"{s.name}: seeds {method}")
+                best = best_trial(searches.get(method))
+                if method in searches and best is None:
+                    results[method] = []  # every trial failed or was pruned
+                    continue
+                params = best.params if best is not None else {}
+                results[method] = [self.seed_run(method, params, seed) for seed in seeds]
+        finally:
+            self.bar.close()
+        return write_report(
+            self.output_dir, self.cfg, self.methods, searches, results,
+            wall_seconds=time.perf_counter() - started,
+        )  # fmt: skip
+
+
+def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
+    """Finished or running trials count; one interrupted (FAIL without our ``fail_reason``) does
+    not: it is run again."""
+    if trial.state == TrialState.FAIL:
+        return "fail_reason" in trial.user_attrs
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+
+
+def requeue_interrupted(study: optuna.Study) -> None:
+    """Enqueue the parameters of each interrupted trial (the latest of its retries) once."""
+    latest: dict[int, optuna.trial.FrozenTrial] = {}
+    for trial in study.get_trials(deepcopy=False):
+        latest[trial.user_attrs.get("retry_of", trial.number)] = trial  # in trial order
+    for root, trial in latest.items():
+        if trial.state == TrialState.FAIL and "fail_reason" not in trial.user_attrs:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": root})
+
+
+def best_trial(study: optuna.Study | None) -> optuna.trial.FrozenTrial | None:
+    if study is None:
+        return None
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return max(complete, key=lambda t: t.value) if complete else None
+
+
+def describe(trial: optuna.trial.FrozenTrial) -> str:
+    if trial.state == TrialState.COMPLETE:
+        return f"val {trial.value:.3f}"
+    if trial.state == TrialState.PRUNED:
+        return f"pruned at epoch {trial.last_step}"
+    return f"{trial.state.name} ({trial.user_attrs.get('fail_reason', 'interrupted')})"
+
+
+def finished_result(run_dir: Path, cfg: DictConfig) -> dict | None:
+    """The result of a finished run of exactly ``cfg`` in ``run_dir``, else None."""
+    result_path, config_path = run_dir / "result.json", run_dir / "config.yaml"
+    if not (result_path.exists() and config_path.exists()):
+        return None
+    if config_path.read_text() != to_yaml(cfg):
+        return None
+    result = json.loads(result_path.read_text())
+    if not result.get("finished"):
+        return None
+    result.setdefault("wall_seconds", 0.0)
+    return result
+
+
+@contextlib.contextmanager
+def exclusive(path: Path):
+    """An exclusive lock on ``path`` (a file), so two workers never train one run at once."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@hydra.main(config_path="../configs", config_name="study", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = Study(cfg)
+    try:
+        report = study.run()
+    except StudyStopped as stop:
+        print(f"{stop}; run the same command again to continue", file=sys.stderr)
+        return
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
