@@ -141,6 +141,27 @@ def override_value(value) -> str:
     return str(value)
 
 
+def _build(kind: str, table: dict, cfg, **extra):
+    if cfg.name not in table:
+        raise ValueError(f"'study.{kind}.name' should be one of {list(table)} but got {cfg.name!r}")
+    options = OmegaConf.to_container(cfg.get("options") or {}) if cfg.name != "none" else {}
+    try:
+        return table[cfg.name](**extra, **options)
+    except TypeError as err:
+        raise ValueError(
+            f"'study.{kind}.options' {options} do not fit {cfg.name!r}: {err}"
+        ) from err
+
+
+def build_sampler(cfg, seed: int) -> optuna.samplers.BaseSampler:
+    return _build("sampler", SAMPLERS, cfg, seed=seed)
+
+
+def build_pruner(cfg) -> optuna.pruners.BasePruner:
+    """``none`` ignores any options (so a study can switch pruning off with one override)."""
+    return _build("pruner", PRUNERS, cfg)
+
+
 # --------------------------------------------------------------------------- storage
 def open_storage(url: str | None, output_dir: Path):
     """The Optuna storage ``url`` names: None for SQLite in ``output_dir``, a file ending in
@@ -178,10 +199,7 @@ class Study:
         for key in ("n_trials", "seeds"):
             if not isinstance(s[key], int) or s[key] < 1:
                 raise ValueError(f"'study.{key}' should be an integer >= 1 but got {s[key]!r}")
-        if s.sampler.name not in SAMPLERS:
-            raise ValueError(f"'study.sampler.name' should be one of {list(SAMPLERS)}: {s.sampler}")
-        if s.pruner.name not in PRUNERS:
-            raise ValueError(f"'study.pruner.name' should be one of {list(PRUNERS)}: {s.pruner}")
+        build_sampler(s.sampler, s.seed), build_pruner(s.pruner)  # both check their settings
         self.spaces = {
             m: check_space(m, cfg.space.get(m)) for m in self.methods if is_learned(m)
         }  # fmt: skip
@@ -234,13 +252,8 @@ class Study:
 
     # --- search
     def optuna_study(self, method: str) -> optuna.Study:
-        seed = zlib.crc32(f"{self.s.seed}/{method}".encode())
-        sampler = SAMPLERS[self.s.sampler.name](
-            seed=seed, **OmegaConf.to_container(self.s.sampler.get("options") or {})
-        )
-        pruner = PRUNERS[self.s.pruner.name](
-            **OmegaConf.to_container(self.s.pruner.get("options") or {})
-        )
+        seed = zlib.crc32(f"{self.s.seed}/{method}".encode())  # a sampler seed per method
+        sampler, pruner = build_sampler(self.s.sampler, seed), build_pruner(self.s.pruner)
         return optuna.create_study(
             study_name=f"{self.s.name}/{method}", storage=self.storage, sampler=sampler,
             pruner=pruner, direction="maximize", load_if_exists=True,

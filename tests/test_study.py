@@ -1,0 +1,211 @@
+"""The study: end to end through the Hydra app, resuming, failed trials, and bad input."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from omegaconf import open_dict
+from optuna.trial import TrialState
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from diffsort_reorder import study as study_module
+from diffsort_reorder.config import compose_config
+from diffsort_reorder.study import Study, StudyStopped
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def study_config(tmp_path, *overrides, space=None):
+    cfg = compose_config(
+        ["study=smoke", f"study.output_dir={tmp_path}", "study.progress=false", *overrides],
+        config_name="study",
+    )
+    if space is not None:
+        with open_dict(cfg):
+            cfg.space.update(space)
+    return cfg
+
+
+def trials(tmp_path, name: str) -> list[optuna.trial.FrozenTrial]:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
+
+
+def read_results(tmp_path) -> dict[str, dict]:
+    with open(tmp_path / "results.csv") as f:
+        return {row["method"]: row for row in csv.DictReader(f)}
+
+
+def forbid_training(monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("bad input should be refused before any training")
+
+    monkeypatch.setattr(study_module, "train", no_training)
+
+
+def test_smoke_study_end_to_end(tmp_path):
+    """`study=smoke` through the Hydra app: trials in the DB, hparams in TensorBoard, one row
+    per method, the report's path printed last."""
+    out = tmp_path / "smoke"
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffsort_reorder.study", "study=smoke", f"study.output_dir={out}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(out / "report.md")
+    cfg = study_config(out)
+    results = read_results(out)
+    assert list(results) == list(cfg.study.methods)  # one row per method, in order
+    for row in results.values():
+        assert int(row["n_seeds"]) == cfg.study.seeds
+        assert 0.0 <= float(row["val_acc_mean"]) <= 1.0
+        assert row["backbone"] == "txl" and row["data"] == "planted"
+    for method in ("softsort", "plackett_luce"):
+        found = trials(out, f"smoke/{method}")
+        assert len(found) == cfg.study.n_trials
+        assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in found)
+        assert results[method]["best_params"].startswith('{"estimator.')
+        for t in found:  # each trial is a TensorBoard run; the finished ones carry hparams
+            events = EventAccumulator(
+                str(out / "runs" / "smoke" / method / f"trial-{t.number:04d}")
+            )
+            events.Reload()
+            assert "val/acc" in events.Tags()["scalars"]
+            if t.state == TrialState.COMPLETE:
+                assert events.PluginTagToContent("hparams")
+    events = EventAccumulator(str(out / "runs" / "smoke" / "row_major" / "seed-1"))
+    events.Reload()
+    assert events.PluginTagToContent("hparams")
+    report = (out / "report.md").read_text()
+    assert "| softsort | learned |" in report and "tensorboard --logdir" in report
+    for name in ("comparison.png", "orders.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_interrupted_study_continues_where_it_stopped(tmp_path):
+    methods = "study.methods=[row_major,softsort]"
+    with pytest.raises(StudyStopped):
+        Study(study_config(tmp_path, methods, "study.stop_after_runs=2")).run()
+    first = trials(tmp_path, "smoke/softsort")
+    assert [t.state for t in first] == [TrialState.COMPLETE] * 2
+    Study(study_config(tmp_path, methods)).run()
+    second = trials(tmp_path, "smoke/softsort")
+    assert len(second) == 3  # one more trial, not three more
+    assert [t.params for t in second[:2]] == [t.params for t in first]
+    assert [t.value for t in second[:2]] == [t.value for t in first]
+    assert set(read_results(tmp_path)) == {"row_major", "softsort"}
+
+
+def test_trial_interrupted_mid_run_is_retried_from_its_checkpoint(tmp_path, monkeypatch):
+    methods = "study.methods=[softsort]"
+    real_train = study_module.train
+    epochs_run = []
+
+    def interrupted_train(cfg, on_epoch=None):
+        def report(epoch, metrics):
+            epochs_run.append((Path(cfg.output_dir).name, epoch))
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+            if Path(cfg.output_dir).name == "trial-0001" and epoch == 2:
+                raise KeyboardInterrupt  # Ctrl-C after the checkpoint of epoch 2
+
+        return real_train(cfg, on_epoch=report)
+
+    monkeypatch.setattr(study_module, "train", interrupted_train)
+    with pytest.raises(KeyboardInterrupt):
+        Study(study_config(tmp_path, methods, "study.pruner.name=none")).run()
+    assert [t.state for t in trials(tmp_path, "smoke/softsort")] == [
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+    ]
+    epochs_run.clear()
+    Study(study_config(tmp_path, methods, "study.pruner.name=none")).run()
+    found = trials(tmp_path, "smoke/softsort")
+    retry = found[2]
+    assert retry.user_attrs["retry_of"] == 1 and retry.state == TrialState.COMPLETE
+    assert retry.params == found[1].params
+    assert len(found) == 4  # the interrupted trial does not use up the budget of 3
+    assert ("trial-0001", 3) in epochs_run and ("trial-0001", 1) not in epochs_run  # resumed
+
+
+def test_nan_trial_ends_fail_and_the_study_completes(tmp_path):
+    space = {"softsort": {"trainer.lr": {"type": "float", "low": 1e30, "high": 1e31, "log": True}}}
+    cfg = study_config(tmp_path, "study.methods=[row_major,softsort]", space=space)
+    report = Study(cfg).run()
+    found = trials(tmp_path, "smoke/softsort")
+    assert len(found) == cfg.study.n_trials
+    for t in found:
+        assert t.state == TrialState.FAIL
+        assert t.user_attrs["fail_reason"].startswith("FloatingPointError: non-finite")
+    results = read_results(tmp_path)
+    assert int(results["softsort"]["n_seeds"]) == 0 and results["softsort"]["trials_failed"] == "3"
+    assert int(results["row_major"]["n_seeds"]) == cfg.study.seeds
+    assert "FloatingPointError" in report.read_text()
+
+
+def test_seed_runs_are_reused_when_rerun(tmp_path, monkeypatch):
+    cfg = study_config(tmp_path, "study.methods=[row_major]")
+    Study(cfg).run()
+    before = read_results(tmp_path)
+    forbid_training(monkeypatch)
+    Study(cfg).run()  # everything is done: nothing trains again
+    assert read_results(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("overrides", "space", "message"),
+    [
+        (["study.methods=[row_major,nosuch]"], None, "unknown method 'nosuch'"),
+        (["study.methods=[oracle]"], None, "oracle"),
+        (["study.methods=[]"], None, "'study.methods' is empty"),
+        (["study.storage=sqlite:////no/such/dir/study.db"], None, "'study.storage'"),
+        (["study.storage=nosuchdialect://x"], None, "'study.storage'"),
+        (["study.n_trials=0"], None, "'study.n_trials'"),
+        (["study.pruner.name=nosuch"], None, "'study.pruner.name'"),
+        ([], {"softsort": {"estimator.lr": {"type": "float", "low": 0.1, "high": 0.1}}},
+         "empty range"),
+        ([], {"softsort": {"estimator.init": {"type": "categorical", "choices": []}}},
+         "no choices"),
+        ([], {"softsort": {"estimator.init": {"type": "categorical", "choices": ["oracle"]}}},
+         "oracle"),
+        ([], {"softsort": {"estimator.nosuch": {"type": "float", "low": 0.1, "high": 1.0}}},
+         "'space.softsort'"),
+        ([], {"softsort": {"estimator.lr": {"type": "uniform", "low": 0.1, "high": 1.0}}},
+         "type one of"),
+        ([], {"softsort": {}}, "no search space"),
+        (["study.overrides=['data=nosuch']"], None, "'study.overrides'"),
+        (["study.overrides=['data=planted','estimator.init=oracle']",
+          "study.methods=[softsort]"], {"softsort": {"estimator.lr": {"type": "float", "low": 0.1,
+                                                                       "high": 1.0}}}, "oracle"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_refused_before_training(tmp_path, monkeypatch, overrides, space, message):
+    forbid_training(monkeypatch)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        Study(study_config(tmp_path, *overrides, space=space)).run()
+
+
+def test_cli_reports_bad_input_without_training(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffsort_reorder.study", "study=smoke",
+         f"study.output_dir={tmp_path}", "study.methods=[row_major,nosuch]"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "unknown method 'nosuch'" in proc.stderr
+    assert not (tmp_path / "train").exists()
+
+
+def test_journal_storage_for_several_workers(tmp_path):
+    journal = tmp_path / "journal.log"
+    cfg = study_config(tmp_path, "study.methods=[softsort]", f"study.storage={journal}")
+    Study(cfg).run()
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))
+    )
+    found = optuna.load_study(study_name="smoke/softsort", storage=storage).get_trials()
+    assert len(found) == cfg.study.n_trials
+    assert not (tmp_path / "study.db").exists()
