@@ -124,6 +124,14 @@ def first_point(space: dict[str, dict]) -> dict:
     }
 
 
+def in_space(value, spec: dict) -> bool:
+    if spec["type"] == "categorical":
+        return value in spec["choices"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return spec["low"] <= value <= spec["high"] and (spec["type"] == "float" or value == int(value))
+
+
 def suggest(trial: optuna.Trial, key: str, spec: dict):
     if spec["type"] == "categorical":
         return trial.suggest_categorical(key, spec["choices"])
@@ -215,6 +223,7 @@ class Study:
     def run_config(self, method: str, seed: int, name: str, params: dict) -> DictConfig:
         overrides = [
             *self.s.overrides,
+            *(self.s.method_overrides or {}).get(method, []),
             f"method={method}",
             f"seed={seed}",
             f"output_dir={self.output_dir.resolve() / 'train' / method / name}",
@@ -285,9 +294,22 @@ class Study:
 
         return run_trial
 
+    def default_point(self, method: str) -> dict:
+        """The values the run config has for ``method``'s search keys, where they lie in the
+        space: the hand-set defaults of ``configs/estimator/``, tried first."""
+        cfg = self.run_config(method, self.s.seed, "defaults", {})
+        point = {}
+        for key, spec in self.spaces[method].items():
+            value = OmegaConf.select(cfg, key)
+            if in_space(value, spec):
+                point[key] = value
+        return point
+
     def search(self, method: str) -> optuna.Study:
         study = self.optuna_study(method)
         objective = self.objective(method)
+        if self.s.start_from_defaults and not study.get_trials(deepcopy=False):
+            study.enqueue_trial(self.default_point(method))
         while True:
             requeue_interrupted(study)
             if sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False)) >= (

@@ -186,7 +186,7 @@ def evaluate(run: Run) -> dict:
     run.model.eval()
     run.orderer.eval()
     loss_sum, correct, patch_size = 0.0, 0, run.cfg.data.patch_size
-    for images, labels in batches(run.val_set, run.cfg.trainer.batch_size, None):
+    for images, labels in batches(run.val_set, run.cfg.trainer.eval_batch_size, None):
         images, labels = images.to(run.device), labels.to(run.device)
         with run.autocast():
             logits = run.model.classify(order_tokens(run, patchify(images, patch_size))[0].tokens)

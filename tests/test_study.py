@@ -209,3 +209,20 @@ def test_journal_storage_for_several_workers(tmp_path):
     found = optuna.load_study(study_name="smoke/softsort", storage=storage).get_trials()
     assert len(found) == cfg.study.n_trials
     assert not (tmp_path / "study.db").exists()
+
+
+@pytest.mark.parametrize("name", ["default", "digits", "cifar10_gpu", "imagefolder_gpu"])
+def test_every_study_file_composes_its_runs(tmp_path, monkeypatch, name):
+    """Each study's run configs compose and its estimators start from a scan order or a prior
+    (the GPU studies are given a data folder; nothing trains)."""
+    forbid_training(monkeypatch)
+    cfg = compose_config(
+        [f"study={name}", f"study.output_dir={tmp_path}", f"study.data_root={tmp_path}"]
+        if name.endswith("_gpu")
+        else [f"study={name}", f"study.output_dir={tmp_path}"],
+        config_name="study",
+    )
+    study = Study(cfg)
+    assert set(study.methods) >= {"row_major", "softsort", "compression_prior"}
+    run = study.run_config("softsort", 1, "seed-1", {})
+    assert run.estimator.init != "oracle" and run.trainer.log_dir.endswith("softsort/seed-1")
