@@ -58,6 +58,14 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def _was_retried(trial, trials) -> bool:
+    """An interrupted trial (FAIL without a reason) that a later trial ran again."""
+    if "fail_reason" in trial.user_attrs:
+        return False
+    root = trial.user_attrs.get("retry_of", trial.number)
+    return any(t.number > trial.number and t.user_attrs.get("retry_of") == root for t in trials)
+
+
 def summarize(methods, searches, results, cfg: DictConfig) -> list[dict]:
     """One row per method: its seeds' mean and std of the metric, its search's best params."""
     metric = cfg.study.metric
@@ -69,10 +77,9 @@ def summarize(methods, searches, results, cfg: DictConfig) -> list[dict]:
         trials = search.get_trials(deepcopy=False) if search is not None else []
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         best = max(complete, key=lambda t: t.value) if complete else None
+        failed = [t for t in trials if t.state == TrialState.FAIL and not _was_retried(t, trials)]
         failures = [
-            (f"trial {t.number}", t.user_attrs.get("fail_reason", "interrupted"))
-            for t in trials
-            if t.state == TrialState.FAIL
+            (f"trial {t.number}", t.user_attrs.get("fail_reason", "interrupted")) for t in failed
         ] + [(f"seed {r['seed']}", r["failed"]) for r in results.get(method, []) if "failed" in r]
         rows.append({
             "method": method,
@@ -87,7 +94,7 @@ def summarize(methods, searches, results, cfg: DictConfig) -> list[dict]:
             "val_accs": " ".join(f"{r[metric]:.4f}" for r in runs),
             "trials_complete": len(complete),
             "trials_pruned": sum(t.state == TrialState.PRUNED for t in trials),
-            "trials_failed": sum(t.state == TrialState.FAIL for t in trials),
+            "trials_failed": len(failed),
             "_runs": runs,
             "_failures": failures,
         })  # fmt: skip

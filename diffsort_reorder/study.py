@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import inspect
 import json
+import logging
 import math
 import shutil
+import signal
 import sys
 import time
 import warnings
@@ -37,8 +41,10 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from estimators import list_estimators
+
 from .config import compose_config, to_yaml
-from .methods import fixed_orders, list_methods
+from .methods import list_methods
 from .orderings import ORDERINGS
 from .priors import PRIORS
 from .report import write_report
@@ -55,7 +61,9 @@ PRUNERS = {
     "none": optuna.pruners.NopPruner,
 }
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
-HEARTBEAT_SECONDS, GRACE_SECONDS = 30, 120  # a worker silent for 2 minutes is dead
+HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 30  # a worker silent for 30 s is dead
+METRICS = ("val_acc", "best_val_acc")
+log = logging.getLogger(__name__)
 
 
 class StudyStopped(Exception):
@@ -63,7 +71,8 @@ class StudyStopped(Exception):
 
 
 def is_learned(method: str) -> bool:
-    return method not in fixed_orders()
+    """Estimators are searched; scan orders, priors and training-free probes are simply run."""
+    return method in list_estimators()
 
 
 # --------------------------------------------------------------------------- checking the input
@@ -152,7 +161,14 @@ def override_value(value) -> str:
 def _build(kind: str, table: dict, cfg, **extra):
     if cfg.name not in table:
         raise ValueError(f"'study.{kind}.name' should be one of {list(table)} but got {cfg.name!r}")
-    options = OmegaConf.to_container(cfg.get("options") or {}) if cfg.name != "none" else {}
+    options = OmegaConf.to_container(cfg.get("options") or {})
+    # Options the chosen class does not take are left out (so `study.pruner.name=none` or
+    # `study.sampler.name=random` switch with one override), and said so.
+    accepted = inspect.signature(table[cfg.name]).parameters
+    unused = sorted(set(options) - set(accepted))
+    if unused:
+        log.info("study.%s %r does not take %s; ignored", kind, cfg.name, unused)
+    options = {k: v for k, v in options.items() if k in accepted}
     try:
         return table[cfg.name](**extra, **options)
     except TypeError as err:
@@ -166,7 +182,6 @@ def build_sampler(cfg, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def build_pruner(cfg) -> optuna.pruners.BasePruner:
-    """``none`` ignores any options (so a study can switch pruning off with one override)."""
     return _build("pruner", PRUNERS, cfg)
 
 
@@ -207,7 +222,12 @@ class Study:
         for key in ("n_trials", "seeds"):
             if not isinstance(s[key], int) or s[key] < 1:
                 raise ValueError(f"'study.{key}' should be an integer >= 1 but got {s[key]!r}")
+        if s.metric not in METRICS:
+            raise ValueError(f"'study.metric' should be one of {METRICS} but got {s.metric!r}")
         build_sampler(s.sampler, s.seed), build_pruner(s.pruner)  # both check their settings
+        unknown = sorted(set(s.get("method_overrides") or {}) - set(list_methods()))
+        if unknown:
+            raise ValueError(f"'study.method_overrides' names unknown methods {unknown}")
         self.spaces = {
             m: check_space(m, cfg.space.get(m)) for m in self.methods if is_learned(m)
         }  # fmt: skip
@@ -278,13 +298,17 @@ class Study:
             cfg = self.run_config(method, self.s.seed, name, params)
 
             def report(epoch: int, metrics: dict) -> None:
-                trial.report(metrics[metric], epoch)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"epoch {epoch}: {metric} {metrics[metric]:.4f}")
+                trial.report(metrics["val_acc"], epoch)
+                if epoch < cfg.trainer.epochs and trial.should_prune():  # a finished run stays
+                    raise optuna.TrialPruned(f"epoch {epoch}: val_acc {metrics['val_acc']:.4f}")
 
             try:
                 result = train(cfg, on_epoch=report)
-            except TRIAL_ERRORS as err:
+            except optuna.TrialPruned:
+                raise
+            except Exception as err:
+                # With a reason, a failed trial is final: a re-run does not retry it. Only
+                # TRIAL_ERRORS let the study go on; anything else stops it, loudly.
                 trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
                 if isinstance(err, torch.OutOfMemoryError) and torch.cuda.is_available():
                     torch.cuda.empty_cache()
@@ -308,18 +332,26 @@ class Study:
     def search(self, method: str) -> optuna.Study:
         study = self.optuna_study(method)
         objective = self.objective(method)
-        if self.s.start_from_defaults and not study.get_trials(deepcopy=False):
-            study.enqueue_trial(self.default_point(method))
+        lock = self.output_dir / f".{method}.queue.lock"
+        with exclusive(lock):  # one worker at a time decides what to enqueue
+            if self.s.start_from_defaults and not study.get_trials(deepcopy=False):
+                study.enqueue_trial(self.default_point(method))
         while True:
-            requeue_interrupted(study)
-            if sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False)) >= (
-                self.s.n_trials
-            ):
+            with warnings.catch_warnings():  # RDB heartbeats: a killed worker's trial is FAIL
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            with exclusive(lock):
+                requeue_interrupted(study)
+                trials = study.get_trials(deepcopy=False)
+            if sum(counts_toward_budget(t) for t in trials) >= self.s.n_trials:
                 return study
-            started = time.perf_counter()
-            study.optimize(objective, n_trials=1, catch=TRIAL_ERRORS)
-            last = study.get_trials(deepcopy=False)[-1]
-            self.tick(f"{method} trial {last.number}: {describe(last)} "
+            # A sampler seeded by the history, so a resumed study does not redraw its points.
+            seed = zlib.crc32(f"{self.s.seed}/{method}/{len(trials)}".encode())
+            study.sampler = build_sampler(self.s.sampler, seed)
+            started, finished = time.perf_counter(), []
+            record = functools.partial(_record, finished)
+            study.optimize(objective, n_trials=1, catch=TRIAL_ERRORS, callbacks=[record])
+            self.tick(f"{method} trial {finished[-1].number}: {describe(finished[-1])} "
                       f"({time.perf_counter() - started:.1f} s)")  # fmt: skip
 
     # --- seed re-runs
@@ -376,6 +408,10 @@ class Study:
             self.output_dir, self.cfg, self.methods, searches, results,
             wall_seconds=time.perf_counter() - started,
         )  # fmt: skip
+
+
+def _record(finished: list, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    finished.append(trial)  # this worker's trial (another worker's may be newer in the storage)
 
 
 def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
@@ -436,9 +472,14 @@ def exclusive(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @hydra.main(config_path="../configs", config_name="study", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop: like Ctrl-C, retried later
     study = Study(cfg)
     try:
         report = study.run()

@@ -16,6 +16,7 @@ from diffsort_reorder.config import compose_config
 from diffsort_reorder.study import Study, StudyStopped
 
 ROOT = Path(__file__).resolve().parent.parent
+NO_PRUNING = "study.pruner.name=none"
 
 
 def study_config(tmp_path, *overrides, space=None):
@@ -88,10 +89,10 @@ def test_smoke_study_end_to_end(tmp_path):
 def test_interrupted_study_continues_where_it_stopped(tmp_path):
     methods = "study.methods=[row_major,softsort]"
     with pytest.raises(StudyStopped):
-        Study(study_config(tmp_path, methods, "study.stop_after_runs=2")).run()
+        Study(study_config(tmp_path, methods, "study.stop_after_runs=2", NO_PRUNING)).run()
     first = trials(tmp_path, "smoke/softsort")
     assert [t.state for t in first] == [TrialState.COMPLETE] * 2
-    Study(study_config(tmp_path, methods)).run()
+    Study(study_config(tmp_path, methods, NO_PRUNING)).run()
     second = trials(tmp_path, "smoke/softsort")
     assert len(second) == 3  # one more trial, not three more
     assert [t.params for t in second[:2]] == [t.params for t in first]
@@ -116,7 +117,7 @@ def test_trial_interrupted_mid_run_is_retried_from_its_checkpoint(tmp_path, monk
 
     monkeypatch.setattr(study_module, "train", interrupted_train)
     with pytest.raises(KeyboardInterrupt):
-        Study(study_config(tmp_path, methods, "study.pruner.name=none")).run()
+        Study(study_config(tmp_path, methods, NO_PRUNING)).run()
     assert [t.state for t in trials(tmp_path, "smoke/softsort")] == [
         TrialState.COMPLETE,
         TrialState.FAIL,
@@ -129,6 +130,7 @@ def test_trial_interrupted_mid_run_is_retried_from_its_checkpoint(tmp_path, monk
     assert retry.params == found[1].params
     assert len(found) == 4  # the interrupted trial does not use up the budget of 3
     assert ("trial-0001", 3) in epochs_run and ("trial-0001", 1) not in epochs_run  # resumed
+    assert read_results(tmp_path)["softsort"]["trials_failed"] == "0"  # it was run again
 
 
 def test_nan_trial_ends_fail_and_the_study_completes(tmp_path):
@@ -165,6 +167,8 @@ def test_seed_runs_are_reused_when_rerun(tmp_path, monkeypatch):
         (["study.storage=nosuchdialect://x"], None, "'study.storage'"),
         (["study.n_trials=0"], None, "'study.n_trials'"),
         (["study.pruner.name=nosuch"], None, "'study.pruner.name'"),
+        (["study.metric=loss"], None, "'study.metric'"),
+        (["+study.method_overrides.nosuch=['seed=1']"], None, "'study.method_overrides'"),
         ([], {"softsort": {"estimator.lr": {"type": "float", "low": 0.1, "high": 0.1}}},
          "empty range"),
         ([], {"softsort": {"estimator.init": {"type": "categorical", "choices": []}}},
@@ -226,3 +230,10 @@ def test_every_study_file_composes_its_runs(tmp_path, monkeypatch, name):
     assert set(study.methods) >= {"row_major", "softsort", "compression_prior"}
     run = study.run_config("softsort", 1, "seed-1", {})
     assert run.estimator.init != "oracle" and run.trainer.log_dir.endswith("softsort/seed-1")
+
+
+def test_samplers_pruners_and_training_free_methods_switch_with_one_override(tmp_path):
+    for overrides in (["study.sampler.name=random"], ["study.pruner.name=hyperband"],
+                      ["study.methods=[saliency_gradient,softsort]"]):  # fmt: skip
+        study = Study(study_config(tmp_path, *overrides))
+        assert "saliency_gradient" not in study.spaces  # training-free: run, not searched
