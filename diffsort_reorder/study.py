@@ -62,6 +62,7 @@ PRUNERS = {
 }
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 30  # a worker silent for 30 s is dead
+POLL_SECONDS = 5.0
 METRICS = ("val_acc", "best_val_acc")
 log = logging.getLogger(__name__)
 
@@ -336,6 +337,7 @@ class Study:
         with exclusive(lock):  # one worker at a time decides what to enqueue
             if self.s.start_from_defaults and not study.get_trials(deepcopy=False):
                 study.enqueue_trial(self.default_point(method))
+        waited = 0.0
         while True:
             with warnings.catch_warnings():  # RDB heartbeats: a killed worker's trial is FAIL
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -344,7 +346,17 @@ class Study:
                 requeue_interrupted(study)
                 trials = study.get_trials(deepcopy=False)
             if sum(counts_toward_budget(t) for t in trials) >= self.s.n_trials:
-                return study
+                running = [t for t in trials if t.state == TrialState.RUNNING]
+                if not running or waited >= self.s.wait_for_workers:
+                    return study  # (a journal has no heartbeats: a dead worker's trial stays)
+                # Other workers' trials (or a killed one's, until its heartbeat is stale) may
+                # still change the best config: wait for them.
+                if not waited:
+                    tqdm.write(f"{method}: waiting for {len(running)} running trial(s)",
+                               file=sys.stderr)  # fmt: skip
+                time.sleep(POLL_SECONDS)
+                waited += POLL_SECONDS
+                continue
             # A sampler seeded by the history, so a resumed study does not redraw its points.
             seed = zlib.crc32(f"{self.s.seed}/{method}/{len(trials)}".encode())
             study.sampler = build_sampler(self.s.sampler, seed)

@@ -237,3 +237,24 @@ def test_samplers_pruners_and_training_free_methods_switch_with_one_override(tmp
                       ["study.methods=[saliency_gradient,softsort]"]):  # fmt: skip
         study = Study(study_config(tmp_path, *overrides))
         assert "saliency_gradient" not in study.spaces  # training-free: run, not searched
+
+
+def test_a_killed_workers_trial_is_failed_by_its_heartbeat_and_retried(tmp_path, monkeypatch):
+    """A worker killed mid-trial leaves it RUNNING; once its heartbeat is stale, a re-run marks
+    it FAIL and runs its parameters again (waiting for it first rather than counting it done)."""
+    monkeypatch.setattr(study_module, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(study_module, "GRACE_SECONDS", 2)
+    monkeypatch.setattr(study_module, "POLL_SECONDS", 0.5)
+    cfg = study_config(tmp_path, "study.methods=[softsort]", "study.n_trials=1",
+                       "study.start_from_defaults=false")  # fmt: skip
+    with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna: ask() outside optimize()
+        killed = Study(cfg).optuna_study("softsort").ask()  # RUNNING, as if its worker died
+    killed.suggest_float("estimator.lr", 0.02, 0.5, log=True)
+    study = Study(cfg)
+    study.storage.record_heartbeat(killed._trial_id)
+    Study(cfg).run()
+    found = trials(tmp_path, "smoke/softsort")
+    assert found[0].state == TrialState.FAIL and "fail_reason" not in found[0].user_attrs
+    assert found[1].user_attrs["retry_of"] == 0 and found[1].state == TrialState.COMPLETE
+    assert found[1].params["estimator.lr"] == found[0].params["estimator.lr"]
+    assert read_results(tmp_path)["softsort"]["trials_failed"] == "0"
