@@ -117,6 +117,12 @@ def check_space(method: str, space) -> dict[str, dict]:
                 raise ValueError(f"{where} has no choices (an empty search space): {spec}")
             if key.endswith(".init") and "oracle" in choices:
                 raise ValueError(f"{where} offers 'oracle' as a starting order; studies never do")
+            starts = (*ORDERINGS, *PRIORS)
+            if key.endswith(".init") and not set(choices) <= set(starts):
+                raise ValueError(
+                    f"{where} offers {sorted(set(choices) - set(starts))}; a starting order is "
+                    f"one of {', '.join(starts)}"
+                )
         else:
             low, high = spec.get("low"), spec.get("high")
             if not all(isinstance(v, (int, float)) for v in (low, high)) or not low < high:
