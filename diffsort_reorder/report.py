@@ -18,10 +18,11 @@ import optuna
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from optuna.trial import TrialState
 from PIL import Image
 
+from .config import to_yaml
 from .methods import PROBES
 from .orderings import ORDERINGS
 from .plotting import orders_figure
@@ -59,6 +60,14 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def best_trial(study: optuna.Study | None) -> optuna.trial.FrozenTrial | None:
+    """The complete trial with the highest value (None without a study or a complete trial)."""
+    if study is None:
+        return None
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return max(complete, key=lambda t: t.value) if complete else None
+
+
 def _was_retried(trial, trials) -> bool:
     """An interrupted trial (FAIL without a reason) that a later trial ran again."""
     if "fail_reason" in trial.user_attrs:
@@ -76,8 +85,7 @@ def summarize(methods, searches, results, cfg: DictConfig) -> list[dict]:
         mean, std = _mean_std([r[metric] for r in runs])
         search = searches.get(method)
         trials = search.get_trials(deepcopy=False) if search is not None else []
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        best = max(complete, key=lambda t: t.value) if complete else None
+        best = best_trial(search)
         failed = [t for t in trials if t.state == TrialState.FAIL and not _was_retried(t, trials)]
         failures = [
             (f"trial {t.number}", t.user_attrs.get("fail_reason", "interrupted")) for t in failed
@@ -93,7 +101,7 @@ def summarize(methods, searches, results, cfg: DictConfig) -> list[dict]:
             "train_seconds": _mean_std([r["train_seconds"] for r in runs])[0],
             "kind": kind_of(method),
             "val_accs": " ".join(f"{r[metric]:.4f}" for r in runs),
-            "trials_complete": len(complete),
+            "trials_complete": sum(t.state == TrialState.COMPLETE for t in trials),
             "trials_pruned": sum(t.state == TrialState.PRUNED for t in trials),
             "trials_failed": len(failed),
             "_runs": runs,
@@ -266,6 +274,5 @@ def write_report(
     ]
     path = output_dir / "report.md"
     _atomic_write(path, "\n".join(lines).encode())
-    resolved = OmegaConf.to_yaml(cfg, resolve=True)
-    _atomic_write(output_dir / "study.yaml", resolved.encode())
+    _atomic_write(output_dir / "study.yaml", to_yaml(cfg).encode())
     return path

@@ -47,7 +47,7 @@ from .config import compose_config, to_yaml
 from .methods import list_methods
 from .orderings import ORDERINGS
 from .priors import PRIORS
-from .report import write_report
+from .report import best_trial, write_report
 from .train import show_progress, train
 
 # Failures that end one trial (FAIL, with the reason) and let the study go on.
@@ -380,14 +380,14 @@ class Study:
         run_dir, log_dir = Path(cfg.output_dir), Path(cfg.trainer.log_dir)
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         with exclusive(run_dir.parent / f".{name}.lock"):
-            done = finished_result(run_dir, cfg)
-            if done is not None:
-                return done
-            if (run_dir / "config.yaml").exists() and (run_dir / "config.yaml").read_text() != (
-                to_yaml(cfg)
-            ):  # another best config than last time: start this seed afresh
+            config_path = run_dir / "config.yaml"
+            if config_path.exists() and config_path.read_text() != to_yaml(cfg):
+                # another best config than last time: start this seed afresh
                 shutil.rmtree(run_dir)
                 shutil.rmtree(log_dir, ignore_errors=True)
+            done = finished_result(run_dir)
+            if done is not None:
+                return done
             started = time.perf_counter()
             try:
                 result = train(cfg)
@@ -450,13 +450,6 @@ def requeue_interrupted(study: optuna.Study) -> None:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": root})
 
 
-def best_trial(study: optuna.Study | None) -> optuna.trial.FrozenTrial | None:
-    if study is None:
-        return None
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return max(complete, key=lambda t: t.value) if complete else None
-
-
 def describe(trial: optuna.trial.FrozenTrial) -> str:
     if trial.state == TrialState.COMPLETE:
         return f"val {trial.value:.3f}"
@@ -465,12 +458,10 @@ def describe(trial: optuna.trial.FrozenTrial) -> str:
     return f"{trial.state.name} ({trial.user_attrs.get('fail_reason', 'interrupted')})"
 
 
-def finished_result(run_dir: Path, cfg: DictConfig) -> dict | None:
-    """The result of a finished run of exactly ``cfg`` in ``run_dir``, else None."""
-    result_path, config_path = run_dir / "result.json", run_dir / "config.yaml"
-    if not (result_path.exists() and config_path.exists()):
-        return None
-    if config_path.read_text() != to_yaml(cfg):
+def finished_result(run_dir: Path) -> dict | None:
+    """The result of the finished run in ``run_dir``, else None."""
+    result_path = run_dir / "result.json"
+    if not result_path.exists():
         return None
     result = json.loads(result_path.read_text())
     if not result.get("finished"):

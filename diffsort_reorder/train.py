@@ -31,7 +31,7 @@ from tqdm import tqdm
 from . import __version__
 from .backbones import create_backbone
 from .checkpoint import load, save_atomic
-from .config import compose_config
+from .config import compose_config, to_yaml
 from .data import create_dataset, grid_shape, patchify
 from .methods import build_orderer
 from .model import PatchSequenceModel
@@ -330,10 +330,12 @@ def train_epoch(run: Run, epoch: int, step: int, log: RunLogger) -> tuple[dict, 
     return {"phase": phase, "train_loss": loss_sum / seen, "train_acc": correct / seen}, step, soft
 
 
-def fit(run: Run, state: dict, log: RunLogger, on_epoch: Callable | None = None) -> None:
-    """Train the epochs ``state`` has not done yet, updating ``state`` after each one."""
+def fit(
+    run: Run, state: dict, log: RunLogger, resolved: dict, on_epoch: Callable | None = None
+) -> None:
+    """Train the epochs ``state`` has not done yet, updating ``state`` after each one;
+    ``resolved`` is the run's resolved config, which each checkpoint records."""
     cfg, t = run.cfg, run.cfg.trainer
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     epochs = range(state["epoch"], t.epochs)
     bar = tqdm(epochs, desc=f"{cfg.method}/{cfg.backbone.name}", initial=state["epoch"],
                total=t.epochs, disable=not show_progress(t.progress))  # fmt: skip
@@ -395,12 +397,12 @@ def train(cfg: DictConfig, on_epoch: Callable[[int, dict], None] | None = None) 
         state = {k: saved[k] for k in state}
     # Recorded once the run is known to be this config's (a refused resume leaves them alone).
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (out_dir / "config.yaml").write_text(to_yaml(cfg))
     (out_dir / "run.json").write_text(json.dumps({"code_version": code_version()}) + "\n")
 
     log = RunLogger(t.get("log_dir") or out_dir / "tb", run.grid)
     try:
-        fit(run, state, log, on_epoch)
+        fit(run, state, log, resolved, on_epoch)
     except BaseException:
         log.close()  # a pruned or interrupted run leaves its events on disk
         raise
@@ -422,7 +424,7 @@ def train(cfg: DictConfig, on_epoch: Callable[[int, dict], None] | None = None) 
         "grid": list(run.grid),
         "order": run.orderer.order().cpu().tolist() if run.orderer.is_global else None,
         # A per-image orderer's order for the first validation image (for drawings).
-        "example_order": example_order(run),
+        "example_order": None if run.orderer.is_global else example_order(run),
         "output_dir": str(out_dir),
     }
     if result["finished"]:
