@@ -31,30 +31,62 @@ from .sorting import (
 SAMPLES = ("batch", "image")
 
 
-class _Reinforce:
-    """The score-function term with an EMA baseline, for estimators that sample orders."""
+BASELINES = ("ema", "rloo")
 
-    def init_reinforce(self, momentum: float, entropy_weight: float = 0.0) -> None:
+
+class _Reinforce:
+    """The score-function term for estimators that sample orders, with one of two baselines.
+
+    ``ema``: an exponential moving average of the mean reward (``momentum``; REOrder's).
+    ``rloo``: leave-one-out over the ``K`` permutations drawn in the same step (Kool et al. 2019,
+    "Buy 4 REINFORCE samples, get a baseline for free"): each permutation's reward is compared with
+    the mean reward of the other ``K - 1``, which cancels what the step's images share (their
+    difficulty) and keeps the estimator unbiased, since the other samples are independent of it.
+    """
+
+    def init_reinforce(
+        self, momentum: float, entropy_weight: float = 0.0, baseline: str = "ema"
+    ) -> None:
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"'momentum' should lie in [0, 1) but got {momentum}")
         if entropy_weight < 0:
             raise ValueError(f"'entropy_weight' should be >= 0 but got {entropy_weight}")
+        if baseline not in BASELINES:
+            raise ValueError(f"'baseline' should be one of {BASELINES} but got {baseline!r}")
         self.momentum, self.entropy_weight = float(momentum), float(entropy_weight)
+        self.baseline_kind = baseline
         self.register_buffer("baseline", torch.zeros(()))
         self.register_buffer("baseline_ready", torch.zeros((), dtype=torch.bool))
 
-    def reinforce(self, log_prob: torch.Tensor, per_sample_loss: torch.Tensor) -> torch.Tensor:
-        """``-(reward - baseline) * log_prob``, averaged; then the baseline follows the reward."""
+    def reinforce(
+        self, log_prob: torch.Tensor, per_sample_loss: torch.Tensor, groups: torch.Tensor
+    ) -> torch.Tensor:
+        """``-(reward - baseline) * log_prob``, averaged so that each permutation counts once;
+        ``groups (B,)`` says which of the step's permutations each sample used."""
         if per_sample_loss.shape != log_prob.shape:
             raise ValueError(
                 f"'per_sample_loss' should have one loss per sample, shape "
                 f"{tuple(log_prob.shape)}, but got {tuple(per_sample_loss.shape)}"
             )
-        reward = -per_sample_loss.detach()  # (B,)
-        if not bool(self.baseline_ready):
-            self.baseline.fill_(reward.mean())
-            self.baseline_ready.fill_(True)
-        loss = -((reward - self.baseline) * log_prob).mean()
+        reward = -per_sample_loss.detach().to(log_prob.dtype)  # (B,)
+        k = int(groups.max()) + 1
+        counts = torch.bincount(groups, minlength=k).to(reward.dtype)  # (K,)
+        group_reward = torch.zeros_like(counts).index_add_(0, groups, reward) / counts  # (K,)
+        if self.baseline_kind == "rloo":
+            if k < 2:
+                raise ValueError(
+                    "baseline='rloo' needs at least 2 permutations per step but this batch has "
+                    f"{reward.numel()} sample(s)"
+                )
+            baseline = (group_reward.sum() - group_reward) / (k - 1)  # (K,): the others' mean
+        else:
+            if not bool(self.baseline_ready):
+                self.baseline.fill_(reward.mean())
+                self.baseline_ready.fill_(True)
+            baseline = self.baseline.expand(k)
+        # log_prob is the same for every sample of a group: one term per permutation.
+        advantage = (group_reward - baseline)[groups]  # (B,)
+        loss = -(advantage * log_prob / counts[groups]).sum() / k
         with torch.no_grad():
             self.baseline.mul_(self.momentum).add_((1 - self.momentum) * reward.mean())
         return loss
@@ -164,7 +196,7 @@ class _ScoreSortEstimator(PermutationEstimator):
 
     def train_forward(self, tokens: torch.Tensor) -> PermutationOutput:
         b = tokens.shape[0]
-        P = self.relax(self.scores.to(tokens.dtype)).unsqueeze(0)  # (1, N, N), shared by the batch
+        P = self.relax(self.scores).unsqueeze(0)  # (1, N, N) in float32, shared by the batch
         index = self.order().to(tokens.device).expand(b, -1)  # (B, N)
         aux = _soft_aux(P)
         out = apply_permutation(tokens, soft=P)
@@ -251,7 +283,7 @@ class GumbelSinkhornEstimator(PermutationEstimator):
     def train_forward(self, tokens: torch.Tensor) -> PermutationOutput:
         b = tokens.shape[0]
         draws = b if self.samples == "image" else 1
-        log_alpha = self.log_alpha.to(tokens.dtype).expand(draws, -1, -1)  # (S, N, N)
+        log_alpha = self.log_alpha.expand(draws, -1, -1)  # (S, N, N), never in half precision
         P = gumbel_sinkhorn(
             log_alpha, self.tau, self.n_iters, self.noise, backward=self.backward_mode
         )  # (S, N, N)
@@ -268,31 +300,48 @@ class GumbelSinkhornEstimator(PermutationEstimator):
 class PlackettLuceEstimator(_Reinforce, PermutationEstimator):
     """REINFORCE over a Plackett-Luce policy with one logit per token (REOrder's baseline).
 
-    Reward = minus the per-sample task loss; baseline = an EMA of the mean reward (``momentum``);
-    optional entropy bonus ``entropy_weight * H`` with H the conditional entropies summed along
-    the (first) sampled permutation, whose expectation is the entropy; its gradient is the
-    pathwise part only (the score-function part, ``E[H grad log p]``, is left out).
-    One permutation per batch (``samples="batch"``, as REOrder) or per image.
+    Reward = minus the per-sample task loss. ``samples="batch"`` draws ``num_samples``
+    permutations per step and gives image ``b`` permutation ``b % num_samples`` (REOrder: one);
+    ``samples="image"`` draws one per image. ``baseline``: ``"ema"`` (REOrder's, an EMA of the
+    mean reward with ``momentum``) or ``"rloo"`` (leave-one-out over the step's permutations; needs
+    at least two). Optional entropy bonus ``entropy_weight * H`` with H the conditional entropies
+    summed along the first sampled permutation, whose expectation is the entropy; its gradient is
+    the pathwise part only (the score-function part, ``E[H grad log p]``, is left out).
     """
 
     def __init__(
         self, num_tokens, *, tau=1.0, init_order=None, samples="batch", momentum=0.99,
-        entropy_weight=0.0,
+        entropy_weight=0.0, num_samples=1, baseline="ema",
     ):  # fmt: skip
         super().__init__(num_tokens, tau=tau, init_order=init_order)
         self.samples = _check_samples(samples)
-        self.init_reinforce(momentum, entropy_weight)
+        self.num_samples = check_count("num_samples", num_samples)
+        if samples == "image" and num_samples != 1:
+            raise ValueError(
+                f"'num_samples' applies to samples='batch' (samples='image' draws one permutation "
+                f"per image) but got num_samples={num_samples} with samples='image'"
+            )
+        if baseline == "rloo" and samples == "batch" and num_samples < 2:
+            raise ValueError(
+                f"'num_samples' should be >= 2 with baseline='rloo' (a leave-one-out baseline "
+                f"needs other permutations) but got {num_samples}"
+            )
+        self.init_reinforce(momentum, entropy_weight, baseline)
         self.logits = nn.Parameter(ramp_scores(self.init_order))
 
     def order(self) -> torch.Tensor:
         return sort_permutation(self.logits.detach())
 
+    def groups(self, batch: int, device) -> torch.Tensor:
+        """``(B,)``: which of the step's permutations each image uses."""
+        draws = batch if self.samples == "image" else min(self.num_samples, batch)
+        return torch.arange(batch, device=device) % draws
+
     def train_forward(self, tokens: torch.Tensor) -> PermutationOutput:
-        b = tokens.shape[0]
-        logits = self.logits.to(tokens.dtype)
-        index = plackett_luce_sample(logits, b if self.samples == "image" else 1, self.tau)
-        index = index.to(tokens.device).expand(b, -1)  # (B, N)
-        log_prob = plackett_luce_log_prob(logits, index, self.tau)  # (B,), at the sampling tau
+        groups = self.groups(tokens.shape[0], tokens.device)  # (B,)
+        draws = plackett_luce_sample(self.logits, int(groups.max()) + 1, self.tau)  # (K, N)
+        index = draws.to(tokens.device)[groups]  # (B, N)
+        log_prob = plackett_luce_log_prob(self.logits, index, self.tau)  # (B,), at sampling tau
         aux = {"log_prob": log_prob.detach().mean(), "baseline": self.baseline.clone()}
         return PermutationOutput(
             apply_permutation(tokens, index=index), index, log_prob=log_prob, aux=aux
@@ -301,8 +350,25 @@ class PlackettLuceEstimator(_Reinforce, PermutationEstimator):
     def surrogate_loss(self, out: PermutationOutput, per_sample_loss: torch.Tensor):
         if out.log_prob is None:  # an eval (hard, not sampled) output: nothing to reinforce
             return per_sample_loss.new_zeros(())
-        loss = self.reinforce(out.log_prob, per_sample_loss)
+        groups = self.groups(out.log_prob.shape[0], out.log_prob.device)
+        loss = self.reinforce(out.log_prob, per_sample_loss, groups)
         if self.entropy_weight:
             entropy = plackett_luce_sequential_entropy(self.logits, out.index[:1], self.tau)
             loss = loss - self.entropy_weight * entropy.mean()
         return loss
+
+
+@register_estimator("plackett_luce_rloo")
+class PlackettLuceRLOOEstimator(PlackettLuceEstimator):
+    """The same policy with ``num_samples`` permutations per step and the leave-one-out baseline
+    (Kool et al. 2019): a fair REINFORCE baseline at the same cost per step, since the batch's
+    images are shared among the permutations rather than repeated."""
+
+    def __init__(
+        self, num_tokens, *, tau=1.0, init_order=None, momentum=0.99, entropy_weight=0.0,
+        num_samples=4,
+    ):  # fmt: skip
+        super().__init__(
+            num_tokens, tau=tau, init_order=init_order, samples="batch", momentum=momentum,
+            entropy_weight=entropy_weight, num_samples=num_samples, baseline="rloo",
+        )  # fmt: skip

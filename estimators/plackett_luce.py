@@ -4,6 +4,8 @@
 a time without replacement, each with probability proportional to ``exp(z / tau)``. Sampling is
 Gumbel-top-k (``argsort(z / tau + g)``, descending), and the log-probability is taken at the same
 ``tau`` the samples were drawn at (REOrder's code samples at ``tau`` but scores at ``tau = 1``).
+Half-precision logits (autocast) are computed in float32: bf16 rounding divided by a small ``tau``
+costs whole nats.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from ._checks import (
     check_positive,
     check_same_device,
 )
+from ._precision import full_precision
 from .sinkhorn import sample_gumbel
 
 
+@full_precision
 def plackett_luce_sample(
     logits: torch.Tensor,
     num_samples: int = 1,
@@ -44,6 +48,7 @@ def _ordered_logits(logits: torch.Tensor, index: torch.Tensor, tau: float) -> to
     return (logits / tau).expand(shape).gather(-1, index.expand(shape))  # z_{pi_i} / tau
 
 
+@full_precision
 def plackett_luce_log_prob(
     logits: torch.Tensor, index: torch.Tensor, tau: float = 1.0
 ) -> torch.Tensor:
@@ -54,6 +59,7 @@ def plackett_luce_log_prob(
     return (g - tail).sum(-1)
 
 
+@full_precision
 def plackett_luce_sequential_entropy(
     logits: torch.Tensor, index: torch.Tensor, tau: float = 1.0
 ) -> torch.Tensor:

@@ -74,7 +74,11 @@ class SaliencyEstimator(_Reinforce, PermutationEstimator):
                 f"'features' should be (B, N, {self.dim}) = ({tokens.shape[0]}, "
                 f"{tokens.shape[1]}, {self.dim}) but got {tuple(source.shape)}"
             )
-        return self.head(source).squeeze(-1) + self.position_bias.to(source.dtype)
+        # Scores in the parameters' precision whatever autocast says: an order is decided by
+        # score differences far below bf16's resolution.
+        with torch.autocast(source.device.type, enabled=False):
+            scores = self.head(source.to(self.position_bias.dtype)).squeeze(-1)  # (B, N)
+            return scores + self.position_bias
 
     def order(self) -> torch.Tensor:
         """The order before any image is seen (the position bias alone); each image's own order
@@ -103,4 +107,5 @@ class SaliencyEstimator(_Reinforce, PermutationEstimator):
     def surrogate_loss(self, out: PermutationOutput, per_sample_loss: torch.Tensor):
         if out.log_prob is None:
             return per_sample_loss.new_zeros(())
-        return self.reinforce(out.log_prob, per_sample_loss)
+        groups = torch.arange(out.log_prob.shape[0], device=out.log_prob.device)  # one per image
+        return self.reinforce(out.log_prob, per_sample_loss, groups)

@@ -36,6 +36,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._checks import check_count, check_positive, check_square
+from ._precision import full_precision, upcast
 
 BACKWARDS = ("unrolled", "implicit")
 
@@ -208,8 +209,7 @@ def sinkhorn(
     x = log_alpha.reshape(-1, shape[-2], shape[-1]).transpose(-1, -2)  # (B, N, N)
     # In float32 at least, whatever autocast says: bf16 scalings lose the plan.
     with torch.autocast(x.device.type, enabled=False):
-        if x.dtype in (torch.float16, torch.bfloat16):
-            x = x.float()
+        x = upcast(x)
         P = _sinkhorn_rounds(x, n_iters - 1, tol, check_every, backward)
         if not torch.isfinite(P).all():  # a support the scalings cannot follow: log domain
             P = sinkhorn_ref(x.transpose(-1, -2), n_iters).transpose(-1, -2)
@@ -255,6 +255,7 @@ def sample_gumbel(
     return -torch.log(-torch.log(uniform.clamp_min(tiny)))
 
 
+@full_precision
 def gumbel_sinkhorn(
     log_alpha: torch.Tensor,
     tau: float = 1.0,

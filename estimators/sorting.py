@@ -5,6 +5,7 @@ Every function maps scores ``(..., N)`` to ``P (..., N, N)`` whose rows sum to 1
 ``P[i, j]`` the weight of item ``j`` at slot ``i`` and slot 0 for the highest score (descending).
 As ``tau -> 0`` each tends to ``one_hot(argsort(scores, descending=True))``; ``hard=True``
 returns that matrix in the forward pass and the soft one's gradient (straight-through).
+Half-precision scores (autocast) are computed in float32 (see ``_precision``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ._checks import check_float_tensor, check_positive
+from ._precision import full_precision
 from .sinkhorn import sinkhorn
 
 REGULARIZATIONS = ("l2", "kl")
@@ -31,6 +33,7 @@ def _pairwise_abs(scores: torch.Tensor) -> torch.Tensor:
     return (scores.unsqueeze(-1) - scores.unsqueeze(-2)).abs()  # (..., N, N)
 
 
+@full_precision
 def softsort(scores: torch.Tensor, tau: float = 1.0, hard: bool = False) -> torch.Tensor:
     """SoftSort (Prillo & Eisenschlos 2020, arXiv 2006.16038): ``P[i, j] = softmax_j(-|sort(s)_i
     - s_j| / tau)``; ``tau`` is the paper's tau."""
@@ -41,6 +44,7 @@ def softsort(scores: torch.Tensor, tau: float = 1.0, hard: bool = False) -> torc
     return _straight_through(P, scores) if hard else P
 
 
+@full_precision
 def neuralsort(scores: torch.Tensor, tau: float = 1.0, hard: bool = False) -> torch.Tensor:
     """NeuralSort (Grover et al. 2019, arXiv 1903.08850), the O(N^2) form:
     ``P[i, :] = softmax(((N + 1 - 2i) s - A_s 1) / tau)`` with 1-based ``i`` and
@@ -55,6 +59,7 @@ def neuralsort(scores: torch.Tensor, tau: float = 1.0, hard: bool = False) -> to
     return _straight_through(P, scores) if hard else P
 
 
+@full_precision
 def ot_sort(
     scores: torch.Tensor,
     tau: float = 0.01,
@@ -82,6 +87,7 @@ def ot_sort(
     return _straight_through(P, scores) if hard else P
 
 
+@full_precision
 def soft_rank_permutation(
     scores: torch.Tensor, tau: float = 1.0, regularization: str = "l2", hard: bool = False
 ) -> torch.Tensor:

@@ -1,0 +1,123 @@
+"""Mixed precision computes what float32 computes: every estimator under CPU bf16 autocast, and
+one training run per kind of method with ``trainer.amp=true`` on the CPU."""
+
+import inspect
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from diffsort_reorder.config import CONFIG_DIR, compose_config
+from diffsort_reorder.train import train, use_amp
+from estimators import create_estimator, list_estimators
+from estimators.registry import ESTIMATORS
+
+SOFT_TOL = 2e-2  # max |P_bf16 - P_fp32|
+LOG_PROB_TOL = 1e-2  # nats, for the same permutation
+B, N, F_IN, D = 4, 196, 8, 16  # N as a 14x14 grid: bf16 cannot tell ramp scores 1/195 apart
+
+
+def smallest_tau(name: str) -> float:
+    """The smallest temperature the estimator's config anneals to: where bf16 hurts most."""
+    return float(OmegaConf.load(CONFIG_DIR / "estimator" / f"{name}.yaml").tau.min)
+
+
+def make(name: str, **hparams):
+    torch.manual_seed(0)
+    if "dim" in inspect.signature(ESTIMATORS[name]).parameters:
+        hparams.setdefault("dim", D)
+        hparams.setdefault("feature_blocks", 0)
+    init = torch.randperm(N, generator=torch.Generator().manual_seed(1))
+    return create_estimator(name, num_tokens=N, init_order=init, tau=smallest_tau(name), **hparams)
+
+
+def both_precisions(est):
+    """The estimator's training output on tokens from a Linear layer, in float32 and under bf16
+    autocast, with the same sampling seed."""
+    linear = torch.nn.Linear(F_IN, D)
+    x = torch.randn(B, N, F_IN, generator=torch.Generator().manual_seed(2))
+    torch.manual_seed(3)
+    full = est(linear(x))
+    with torch.autocast("cpu", torch.bfloat16):
+        tokens = linear(x)
+        assert tokens.dtype == torch.bfloat16  # the setting the GPU path runs in
+        torch.manual_seed(3)
+        mixed = est(tokens)
+    return full, mixed
+
+
+CASES = [(name, {}) for name in list_estimators()] + [
+    ("saliency", {"relaxation": relaxation})
+    for relaxation in ("neuralsort", "torchsort", "ot_sort", "plackett_luce")
+]
+
+
+@pytest.mark.parametrize(("name", "hparams"), CASES, ids=lambda v: str(v or ""))
+def test_bf16_autocast_computes_the_float32_permutation(name, hparams):
+    est = make(name, **hparams).train()
+    full, mixed = both_precisions(est)
+    assert torch.equal(full.index, mixed.index)
+    assert (full.soft is None) == (mixed.soft is None)
+    if full.soft is not None:
+        assert mixed.soft.dtype == torch.float32
+        assert (mixed.soft - full.soft).abs().max() < SOFT_TOL
+    if full.log_prob is not None:
+        assert mixed.log_prob.dtype == torch.float32
+        assert (mixed.log_prob - full.log_prob).abs().max() < LOG_PROB_TOL
+
+
+@pytest.mark.parametrize("name", list_estimators())
+def test_bf16_autocast_backward_gives_float32_gradients(name):
+    est = make(name).train()
+    with torch.autocast("cpu", torch.bfloat16):
+        tokens = torch.nn.Linear(F_IN, D)(torch.randn(B, N, F_IN))
+        out = est(tokens)
+        per_sample = out.tokens.float().pow(2).mean((1, 2))  # (B,)
+    (per_sample.mean() + est.surrogate_loss(out, per_sample)).backward()
+    grads = [p.grad for p in est.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    est.eval()
+    with torch.autocast("cpu", torch.bfloat16):
+        assert torch.equal(est(tokens).index[0], est.order())
+
+
+def test_amp_setting():
+    assert use_amp("auto", torch.device("cpu")) is False
+    assert use_amp("auto", torch.device("cuda")) is True
+    assert use_amp(True, torch.device("cpu")) is True
+    with pytest.raises(ValueError, match="'trainer.amp' should be auto, true or false but got 1"):
+        use_amp(1, torch.device("cpu"))
+
+
+TINY = [
+    "trainer=debug",
+    "trainer.epochs=2",
+    "trainer.curriculum.fixed_epochs=1",
+    "data.options.num_train=64",
+    "data.options.num_val=32",
+    "data.options.grid_size=4",
+    "data.options.num_keys=2",
+    "+backbone.options.dim=32",
+    "+backbone.options.depth=1",
+    "trainer.batch_size=16",
+    "trainer.progress=false",
+]
+
+
+# One per kind: scan, prior, training-free probe, pathwise, score-function, doubly stochastic,
+# per-image learned.
+@pytest.mark.parametrize(
+    "method",
+    ["hilbert", "compression_prior", "saliency_gradient", "softsort", "plackett_luce",
+     "gumbel_sinkhorn", "saliency"],
+)  # fmt: skip
+def test_amp_training_run_on_cpu(tmp_path, method):
+    cfg = compose_config([*TINY, f"method={method}", "trainer.amp=true", f"output_dir={tmp_path}"])
+    result = train(cfg)
+    assert result["finished"] and math.isfinite(result["val_loss"])
+    reference = train(
+        compose_config([*TINY, f"method={method}", f"output_dir={tmp_path / 'fp32'}"])
+    )
+    # bf16 training is not bit-identical, but it learns the same task on the same data.
+    assert abs(result["val_loss"] - reference["val_loss"]) < 0.5
