@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import math
 import os
@@ -28,11 +29,14 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from estimators import create_estimator
+from estimators.registry import ESTIMATORS
+
 from . import __version__
 from .backbones import create_backbone
 from .checkpoint import load, save_atomic
 from .config import compose_config, to_yaml
-from .data import create_dataset, grid_shape, patchify
+from .data import create_dataset, grid_shape, key_recall, patchify
 from .methods import build_orderer
 from .model import PatchSequenceModel
 from .runlog import RunLogger
@@ -117,6 +121,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def use_amp(setting, device: torch.device) -> bool:
+    """``trainer.amp``: ``auto`` (bf16 on CUDA, off on CPU), ``true`` (bf16 on either) or false."""
+    if setting == "auto":
+        return device.type == "cuda"
+    if isinstance(setting, bool):
+        return setting
+    raise ValueError(f"'trainer.amp' should be auto, true or false but got {setting!r}")
+
+
+def check_clip(key: str, value) -> float:
+    """A max gradient norm: a number > 0, or null (no clip: inf)."""
+    if value is None:
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"'{key}' should be a number > 0 or null (no clip) but got {value!r}")
+    return float(value)
+
+
 def batches(dataset, batch_size: int, generator: torch.Generator | None):
     """``(images, labels)`` batches; shuffled by ``generator`` (a fixed order when None)."""
     n = len(dataset)
@@ -163,12 +185,28 @@ class Run:
     steps_per_epoch: int
 
     def autocast(self):
-        if self.device.type == "cuda" and self.cfg.trainer.amp:
-            return torch.autocast("cuda", torch.bfloat16)
+        """bf16 autocast where ``trainer.amp`` asks for it (auto: CUDA only). Estimators compute
+        their permutations in float32 inside it; only ``P @ tokens`` follows bf16."""
+        if use_amp(self.cfg.trainer.amp, self.device):
+            return torch.autocast(self.device.type, torch.bfloat16)
         return contextlib.nullcontext()
 
-    def params(self) -> list[torch.Tensor]:
-        return [p for group in self.optimizer.param_groups for p in group["params"]]
+    def clip_gradients(self) -> dict[str, torch.Tensor]:
+        """Clip the model's and the orderer's gradients each by its own norm (as REOrder): a
+        score-function gradient scales like 1/tau and, clipped jointly, would shrink the model's
+        step. Returns both norms before clipping."""
+        est = self.cfg.get("estimator") or {}
+        limits = {
+            "model": check_clip("trainer.grad_clip", self.cfg.trainer.grad_clip),
+            "orderer": check_clip("estimator.grad_clip", est.get("grad_clip")),
+        }
+        norms = {}
+        for part, limit in limits.items():
+            params = [p for p in getattr(self, part).parameters() if p.grad is not None]
+            norms[part] = (
+                torch.nn.utils.clip_grad_norm_(params, limit) if params else torch.zeros(())
+            )
+        return norms
 
     def policy_tau(self, step: int) -> float | None:
         """The estimator's temperature at global ``step`` in the policy phase; None without one."""
@@ -182,17 +220,27 @@ class Run:
 
 @torch.no_grad()
 def evaluate(run: Run) -> dict:
-    """Validation loss and accuracy with the hard order."""
+    """Validation loss and accuracy with the hard order; on data with key patches (planted) also
+    ``key_recall``, the mean fraction of keys the order puts in the last slots."""
     run.model.eval()
     run.orderer.eval()
-    loss_sum, correct, patch_size = 0.0, 0, run.cfg.data.patch_size
+    loss_sum, correct, recall, seen = 0.0, 0, 0.0, 0
+    keys = getattr(run.val_set, "key_positions", None)  # (K,) or (M, K) per image
     for images, labels in batches(run.val_set, run.cfg.trainer.eval_batch_size, None):
         images, labels = images.to(run.device), labels.to(run.device)
         with run.autocast():
-            logits = run.model.classify(order_tokens(run, patchify(images, patch_size))[0].tokens)
+            out, _ = order_tokens(run, patchify(images, run.cfg.data.patch_size))
+            logits = run.model.classify(out.tokens)
         loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
         correct += int((logits.argmax(-1) == labels).sum())
-    return {"val_loss": loss_sum / len(run.val_set), "val_acc": correct / len(run.val_set)}
+        if keys is not None:
+            batch_keys = keys if keys.dim() == 1 else keys[seen : seen + len(labels)]
+            recall += float(key_recall(out.index, batch_keys).sum())
+        seen += len(labels)
+    metrics = {"val_loss": loss_sum / seen, "val_acc": correct / seen}
+    if keys is not None:
+        metrics["key_recall"] = recall / seen
+    return metrics
 
 
 @torch.no_grad()
@@ -206,14 +254,36 @@ def example_order(run: Run) -> list[int]:
     return out.index[0].cpu().tolist()
 
 
-def build_run(cfg: DictConfig) -> Run:
-    t, data_cfg = cfg.trainer, cfg.data
-    est = cfg.get("estimator")
-    if est is not None and not 0 < est.tau.min <= est.tau.max:
+def key_patches(dataset) -> list[int] | None:
+    """A dataset's key patches when they are the same for every image (planted), else None."""
+    keys = getattr(dataset, "key_positions", None)
+    return keys.tolist() if keys is not None and keys.dim() == 1 else None
+
+
+def check_config(cfg: DictConfig) -> None:
+    """What a run config can get wrong without its data: the trainer's settings and the
+    estimator's (its hyper-parameters are checked by building it on two tokens)."""
+    t, est = cfg.trainer, cfg.get("estimator")
+    use_amp(t.amp, torch.device("cpu"))
+    check_clip("trainer.grad_clip", t.grad_clip)
+    if est is None:
+        return
+    check_clip("estimator.grad_clip", est.get("grad_clip"))
+    if not 0 < est.tau.min <= est.tau.max:
         raise ValueError(
             f"'estimator.tau' should have 0 < min <= max (estimators need tau > 0) but got "
             f"min={est.tau.min}, max={est.tau.max}"
         )
+    hparams = OmegaConf.to_container(est.get("hparams") or {}, resolve=True)
+    if "dim" in inspect.signature(ESTIMATORS[est.name]).parameters:
+        hparams.setdefault("dim", 1)
+    with torch.random.fork_rng(devices=[]):  # a check leaves the run's random stream alone
+        create_estimator(est.name, num_tokens=2, **hparams)
+
+
+def build_run(cfg: DictConfig) -> Run:
+    t, data_cfg = cfg.trainer, cfg.data
+    check_config(cfg)
     device = resolve_device(t.device)
     options = OmegaConf.to_container(data_cfg.options, resolve=True) or {}
     train_set, val_set = create_dataset(data_cfg.name, **options)
@@ -231,7 +301,7 @@ def build_run(cfg: DictConfig) -> Run:
     model = model.to(device)
     orderer = build_orderer(
         cfg.method, train_set, grid, cfg.get("estimator"), data_cfg.patch_size, cfg.get("prior"),
-        token_dim=backbone.dim,
+        token_dim=backbone.dim, order=cfg.get("order"),
     ).to(device)  # fmt: skip
     if t.compile:
         model.backbone = torch.compile(model.backbone)
@@ -277,7 +347,6 @@ def order_tokens(run: Run, patches: torch.Tensor):
 def train_step(run: Run, images, labels, epoch: int = 0, step: int = 0):
     """One optimizer step on a batch; returns the orderer's output, the logits and the
     per-sample losses."""
-    t = run.cfg.trainer
     # 1. Embed, order (with early features if the orderer scores them), classify; the orderer's
     #    surrogate term joins the task loss.
     with run.autocast():
@@ -294,9 +363,13 @@ def train_step(run: Run, images, labels, epoch: int = 0, step: int = 0):
     # 2. Backward; a non-finite gradient stops the run before it reaches the weights.
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(run.params(), t.grad_clip or float("inf"))
-    if not torch.isfinite(norm):
-        raise FloatingPointError(f"non-finite gradient norm at epoch {epoch}, step {step}")
+    norms = run.clip_gradients()
+    for part, norm in norms.items():
+        if not torch.isfinite(norm):
+            raise FloatingPointError(
+                f"non-finite {part} gradient norm at epoch {epoch}, step {step}"
+            )
+        out.aux[f"grad_norm_{part}"] = norm.detach()
     # 3. Step the weights and the learning rate.
     run.optimizer.step()
     run.scheduler.step()
@@ -352,7 +425,9 @@ def fit(
         state["history"].append(metrics)
         state["epoch"] = epoch + 1
         scalars = {
-            f"{k.replace('_', '/', 1)}": metrics[k] for k in ("train_acc", "val_loss", "val_acc")
+            f"{k.replace('_', '/', 1)}": metrics[k]
+            for k in ("train_acc", "val_loss", "val_acc", "key_recall")
+            if k in metrics
         }
         log.scalars(state["step"], scalars)
         if run.orderer.is_global and (epoch % t.image_every == 0 or epoch + 1 == t.epochs):
@@ -414,6 +489,9 @@ def train(cfg: DictConfig, on_epoch: Callable[[int, dict], None] | None = None) 
         "best_val_acc": state["best_val_acc"],
         "val_loss": last.get("val_loss"),
         "train_seconds": round(state["train_seconds"], 2),
+        "key_recall": last.get("key_recall"),
+        # Key patches (planted data), to mark them in drawings of the order.
+        "key_patches": key_patches(run.val_set),
         "steps": state["step"],
         "epochs": len(history),
         "finished": len(history) == t.epochs,

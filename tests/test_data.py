@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffsort_reorder.data import create_dataset, list_datasets, patchify, unpatchify
+from diffsort_reorder.data import create_dataset, key_recall, list_datasets, patchify, unpatchify
 from diffsort_reorder.data.cifar10 import TEST_FILE, TRAIN_FILES
 from diffsort_reorder.data.planted import planted_labels, render_planted
 
@@ -247,3 +247,13 @@ def test_imagefolder_without_val_split(tmp_path):
     (tmp_path / "val").rmdir()
     with pytest.raises(FileNotFoundError, match="'train' and 'val' folders"):
         create_dataset("imagefolder", root=str(tmp_path))
+
+
+def test_key_recall_counts_keys_in_the_last_slots():
+    index = torch.tensor([[0, 1, 2, 3, 4], [4, 3, 2, 1, 0]])
+    assert key_recall(index, torch.tensor([3, 4])).tolist() == [1.0, 0.0]
+    assert key_recall(index, torch.tensor([[1, 4], [1, 4]])).tolist() == [0.5, 0.5]  # per image
+    train, _ = create_dataset("planted", num_train=4, num_val=4, grid_size=4, num_keys=3)
+    oracle = train.oracle_order().unsqueeze(0)  # (1, 16)
+    assert key_recall(oracle, train.key_positions).item() == 1.0
+    assert key_recall(torch.arange(16).unsqueeze(0), train.key_positions).item() < 1.0

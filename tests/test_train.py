@@ -66,12 +66,16 @@ def test_every_estimator_trains_one_tiny_epoch(tmp_path, method):
     assert torch.equal(init, torch.arange(16))  # started from row_major, as its config says
 
 
-@pytest.mark.parametrize("method", ["row_major", "hilbert", "oracle"])
+@pytest.mark.parametrize("method", ["row_major", "hilbert", "oracle", "spiral"])
 def test_fixed_orders_train(tmp_path, method):
     result = train(tiny(tmp_path, f"method={method}", "trainer.epochs=1"))
     assert result["finished"]
     if method == "oracle":
         assert result["order"][-2:] == sorted(result["order"][-2:])  # the keys come last
+    # key_recall: the fraction of key patches in the last num_keys slots; the oracle's is 1.
+    keys = set(result["key_patches"])
+    assert len(keys) == 2 and result["key_recall"] == len(keys & set(result["order"][-2:])) / 2
+    assert (result["key_recall"] == 1.0) == (method == "oracle")
 
 
 @pytest.mark.parametrize("backbone", ["vit", "local", "txl", "mamba"])
@@ -126,7 +130,9 @@ def test_non_finite_gradient_is_caught(tmp_path, monkeypatch):
         "clip_grad_norm_",
         lambda params, max_norm: real(params, max_norm) * float("inf"),
     )
-    with pytest.raises(FloatingPointError, match="non-finite gradient norm at epoch 0, step 0"):
+    with pytest.raises(
+        FloatingPointError, match="non-finite model gradient norm at epoch 0, step 0"
+    ):
         train(tiny(tmp_path))
 
 

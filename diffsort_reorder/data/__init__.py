@@ -14,7 +14,7 @@ from .cifar10 import cifar10
 from .digits import digits
 from .imagefolder import imagefolder
 from .patches import grid_shape, patchify, unpatchify
-from .planted import PlantedDataset, planted
+from .planted import PlantedDataset, key_recall, planted
 from .planted_moving import MovingPlantedDataset, planted_moving
 
 DATASETS: dict[str, Callable[..., tuple[ImageDataset, ImageDataset]]] = {
@@ -46,6 +46,7 @@ __all__ = [
     "PlantedDataset",
     "create_dataset",
     "grid_shape",
+    "key_recall",
     "list_datasets",
     "patchify",
     "unpatchify",

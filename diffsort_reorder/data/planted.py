@@ -66,6 +66,16 @@ class PlantedDataset(ImageDataset):
         return dist.argmin(-1)
 
 
+def key_recall(index: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
+    """The fraction of key patches that an order puts in its last ``K`` slots, where a backbone
+    that reads its last token reads best: ``index (B, N)``, ``key_positions (K,)`` or ``(B, K)``
+    (keys per image) -> ``(B,)``. The oracle order scores 1."""
+    b, k = index.shape[0], key_positions.shape[-1]
+    last = index[:, index.shape[1] - k :]  # (B, K)
+    keys = key_positions.to(index.device).expand(b, k)  # (B, K)
+    return (last.unsqueeze(-1) == keys.unsqueeze(-2)).any(-1).float().mean(-1)
+
+
 def planted_labels(symbols: torch.Tensor, key_positions: torch.Tensor, num_classes: int):
     """The label rule: the key patches' symbols summed, mod ``num_classes``. ``(M, N) -> (M,)``."""
     return symbols[:, key_positions].sum(1) % num_classes
