@@ -20,7 +20,7 @@ PRIOR_GROUPS = {"compression_prior": "compression", "collapse_prior": "collapse"
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-def _value_of(overrides: list[str], key: str) -> str | None:
+def value_of(overrides: list[str], key: str) -> str | None:
     """The value the last ``key=value`` override gives (``+key=`` and ``++key=`` too)."""
     value = None
     for item in overrides:
@@ -33,11 +33,11 @@ def _value_of(overrides: list[str], key: str) -> str | None:
 def compose_config(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
     """The composed config for ``overrides`` (Hydra's override syntax)."""
     overrides = list(overrides or [])
-    method = _value_of(overrides, "method")
-    if method in list_estimators() and _value_of(overrides, "estimator") is None:
+    method = value_of(overrides, "method")
+    if method in list_estimators() and value_of(overrides, "estimator") is None:
         overrides.append(f"estimator={method}")
-    prior = method if method in PRIOR_GROUPS else _value_of(overrides, "estimator.init")
-    if prior in PRIOR_GROUPS and _value_of(overrides, "prior") is None:
+    prior = method if method in PRIOR_GROUPS else value_of(overrides, "estimator.init")
+    if prior in PRIOR_GROUPS and value_of(overrides, "prior") is None:
         overrides.append(f"prior={PRIOR_GROUPS[prior]}")
     # Inside a @hydra.main app (the study) Hydra is initialized already: compose beside it.
     outer = GlobalHydra.instance().hydra

@@ -71,6 +71,9 @@ class SaliencyProbeOrder(PermutationEstimator):
 
 # training-free per-image methods -> their probe
 PROBES = {"saliency_gradient": "gradient", "saliency_attention": "attention"}
+KINDS = ("scan", "prior", "probe", "learned", "oracle")
+# The orders an estimator may start from in a study (and the fixed orders it is compared with).
+STARTS = (*ORDERINGS, *PRIORS)
 
 
 def fixed_orders() -> list[str]:
@@ -79,6 +82,72 @@ def fixed_orders() -> list[str]:
 
 def list_methods() -> list[str]:
     return [*fixed_orders(), *PROBES, *list_estimators()]
+
+
+def kind_of(method: str) -> str:
+    """One of :data:`KINDS`: ``scan`` orders and ``prior`` orders are fixed, a ``probe`` orders
+    each image without training, ``learned`` methods are estimators, ``oracle`` cheats."""
+    if method in ORDERINGS:
+        return "scan"
+    if method in PRIORS:
+        return "prior"
+    if method in PROBES:
+        return "probe"
+    if method in list_estimators():
+        return "learned"
+    if method == "oracle":
+        return "oracle"
+    raise ValueError(f"unknown method {method!r}; available methods: {', '.join(list_methods())}")
+
+
+def is_learned(method: str) -> bool:
+    """Estimators are searched and trained; every other kind is simply run."""
+    return kind_of(method) == "learned"
+
+
+def is_per_image(method: str) -> bool:
+    """An order per image: the training-free probes and per-image estimators (saliency)."""
+    kind = kind_of(method)
+    return kind == "probe" or (kind == "learned" and not ESTIMATORS[method].is_global)
+
+
+def is_fixed(method: str) -> bool:
+    """A scan order or a prior: one order for every image, known before training."""
+    return kind_of(method) in ("scan", "prior")
+
+
+def check_not_oracle(where: str, names) -> None:
+    """The rule every study follows: real data has no oracle order, so a study neither compares
+    against it nor starts an estimator from it."""
+    if "oracle" in list(names):
+        raise ValueError(
+            f"{where} names 'oracle'; a study never compares against or starts from the oracle "
+            f"order (real data has none)"
+        )
+
+
+def check_start_orders(where: str, names) -> None:
+    """Orders an estimator may start from in a study: a scan order or a prior."""
+    check_not_oracle(where, names)
+    unknown = sorted(set(names) - set(STARTS))
+    if unknown:
+        raise ValueError(
+            f"{where} names {unknown}; an estimator starts from one of {', '.join(STARTS)}"
+        )
+
+
+def check_order(order, num_tokens: int) -> torch.Tensor:
+    """``order=`` (an explicit order, e.g. the retrain protocol's frozen learned order) as a
+    LongTensor ``(N,)``."""
+    tensor = torch.as_tensor(list(order))
+    if tensor.dtype != torch.long or not torch.equal(
+        tensor.sort().values, torch.arange(num_tokens)
+    ):
+        raise ValueError(
+            f"'order' should be a permutation of range({num_tokens}) (one entry per patch) but "
+            f"got {len(tensor)} entries"
+        )
+    return tensor
 
 
 def resolve_order(
@@ -108,9 +177,13 @@ def build_orderer(
     patch_size: int | None = None,
     prior_cfg=None,
     token_dim: int | None = None,
+    order=None,
 ) -> PermutationEstimator:
     """The orderer for ``method``; estimators start from ``estimator_cfg.init`` (a fixed order or
-    a prior) with ``estimator_cfg.hparams``; those that score tokens get ``dim=token_dim``."""
+    a prior) with ``estimator_cfg.hparams``; those that score tokens get ``dim=token_dim``. An
+    explicit ``order`` (a list) replaces the method's: the order is fixed for the whole run."""
+    if order is not None:
+        return FixedOrder(check_order(order, grid[0] * grid[1]))
     if method in list_estimators():
         if estimator_cfg is None or estimator_cfg.get("name") != method:
             raise ValueError(f"method {method!r} is an estimator but no 'estimator' config for it")

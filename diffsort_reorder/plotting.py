@@ -13,6 +13,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 
 def _check_order(order: torch.Tensor, height: int, width: int) -> np.ndarray:
@@ -27,9 +28,15 @@ def _check_order(order: torch.Tensor, height: int, width: int) -> np.ndarray:
 
 
 def plot_order(
-    order: torch.Tensor, height: int, width: int, ax: Axes, title: str | None = None
+    order: torch.Tensor,
+    height: int,
+    width: int,
+    ax: Axes,
+    title: str | None = None,
+    marks: list[int] | None = None,
 ) -> Axes:
-    """Colour each patch by its sequence slot and trace the scan through the patch centres."""
+    """Colour each patch by its sequence slot and trace the scan through the patch centres;
+    ``marks`` (row-major patch indices, e.g. planted's key patches) get a red frame."""
     order = _check_order(order, height, width)
     slot = np.empty(height * width, dtype=np.int64)
     slot[order] = np.arange(order.size)
@@ -37,6 +44,10 @@ def plot_order(
     rows, cols = np.divmod(order, width)
     ax.plot(cols, rows, color="white", linewidth=max(0.4, 2.0 - 0.02 * max(height, width)))
     ax.plot(cols[0], rows[0], "o", color="red", markersize=4)  # the first slot
+    for r, c in (divmod(int(m), width) for m in marks or []):
+        ax.add_patch(
+            Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.2)
+        )
     if height * width <= 64:
         for k, (r, c) in enumerate(zip(rows, cols, strict=True)):
             ax.text(c, r, str(k), ha="center", va="center", fontsize=7, color="black")
@@ -48,16 +59,20 @@ def plot_order(
 
 
 def orders_figure(
-    orders: dict[str, torch.Tensor], height: int, width: int, columns: int = 4
+    orders: dict[str, torch.Tensor],
+    height: int,
+    width: int,
+    columns: int = 4,
+    marks: list[int] | None = None,
 ) -> Figure:
-    """One panel per named order."""
+    """One panel per named order; ``marks`` are framed in every panel."""
     columns = max(1, min(columns, len(orders)))
     rows = math.ceil(len(orders) / columns)
     fig = Figure(figsize=(2.4 * columns, 2.5 * rows), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for ax, (name, order) in zip(axes, orders.items(), strict=False):
-        plot_order(order, height, width, ax, title=name)
+        plot_order(order, height, width, ax, title=name, marks=marks)
     for ax in axes[len(orders) :]:
         ax.set_axis_off()
     return fig

@@ -1,6 +1,11 @@
-"""A study's report: ``results.csv``, ``comparison.png``, ``orders.png`` and ``report.md``.
+"""A study's report: ``results.csv``, ``comparison.png``, ``orders.png``, ``backbones.png`` and
+``report.md``.
 
-Every file is written to a temporary name and renamed, so a report is never half-written.
+Rows are (protocol, backbone, method). Within one (protocol, backbone) every method ran the same
+seeds, so each row carries its paired difference to ``row_major`` and to the best fixed order, with
+a 95% interval (:mod:`diffsort_reorder.stats`); the headline claims a gain only where that interval
+excludes zero. Every file is written to a temporary name and renamed, so a report is never
+half-written.
 """
 
 from __future__ import annotations
@@ -15,7 +20,6 @@ import sys
 from pathlib import Path
 
 import optuna
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
@@ -23,28 +27,17 @@ from optuna.trial import TrialState
 from PIL import Image
 
 from .config import to_yaml
-from .methods import PROBES
-from .orderings import ORDERINGS
+from .methods import is_fixed, is_per_image, kind_of
 from .plotting import orders_figure
-from .priors import PRIORS
+from .stats import paired_delta
 
-COLUMNS = ["method", "backbone", "data", "val_acc_mean", "val_acc_std", "n_seeds", "best_params",
-           "train_seconds", "kind", "val_accs", "trials_complete", "trials_pruned",
-           "trials_failed"]  # fmt: skip
-KIND_COLOURS = {
-    "scan": "#8c8c8c",
-    "prior": "#e39c37",
-    "learned": "#3a78b5",
-    "training-free": "#6a9f58",
-}
-
-
-def kind_of(method: str) -> str:
-    if method in ORDERINGS:
-        return "scan"
-    if method in PRIORS:
-        return "prior"
-    return "training-free" if method in PROBES else "learned"
+COLUMNS = ["protocol", "method", "backbone", "data", "val_acc_mean", "val_acc_std", "n_seeds",
+           "delta_vs_row_major", "delta_ci_low", "delta_ci_high", "significant", "best_fixed",
+           "delta_vs_best_fixed", "best_fixed_ci_low", "best_fixed_ci_high",
+           "significant_vs_best_fixed", "ci", "key_recall", "best_params", "train_seconds", "kind",
+           "seeds", "val_accs", "trials_complete", "trials_pruned", "trials_failed"]  # fmt: skip
+KIND_COLOURS = {"scan": "#8c8c8c", "prior": "#e39c37", "learned": "#3a78b5", "probe": "#6a9f58"}
+BASELINE = "row_major"
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -76,38 +69,74 @@ def _was_retried(trial, trials) -> bool:
     return any(t.number > trial.number and t.user_attrs.get("retry_of") == root for t in trials)
 
 
-def summarize(methods, searches, results, cfg: DictConfig) -> list[dict]:
-    """One row per method: its seeds' mean and std of the metric, its search's best params."""
-    metric = cfg.study.metric
+def summarize(searches: dict, results: dict, metric: str) -> list[dict]:
+    """One row per (protocol, backbone, method): its seeds' mean and std of the metric, its
+    search's best params; then the paired statistics of its group."""
     rows = []
-    for method in methods:
-        runs = [r for r in results.get(method, []) if "failed" not in r]
+    for (protocol, backbone, method), all_runs in results.items():
+        runs = [r for r in all_runs if "failed" not in r]
         mean, std = _mean_std([r[metric] for r in runs])
-        search = searches.get(method)
+        search = searches.get((backbone, method))
         trials = search.get_trials(deepcopy=False) if search is not None else []
         best = best_trial(search)
         failed = [t for t in trials if t.state == TrialState.FAIL and not _was_retried(t, trials)]
         failures = [
             (f"trial {t.number}", t.user_attrs.get("fail_reason", "interrupted")) for t in failed
-        ] + [(f"seed {r['seed']}", r["failed"]) for r in results.get(method, []) if "failed" in r]
+        ] + [(f"seed {r['seed']}", r["failed"]) for r in all_runs if "failed" in r]
+        recalls = [r["key_recall"] for r in runs if r.get("key_recall") is not None]
         rows.append({
+            "protocol": protocol,
             "method": method,
-            "backbone": runs[0]["backbone"] if runs else "",
+            "backbone": backbone,
             "data": runs[0]["data"] if runs else "",
             "val_acc_mean": mean,
             "val_acc_std": std,
             "n_seeds": len(runs),
+            "key_recall": statistics.fmean(recalls) if recalls else "",
             "best_params": json.dumps(best.params if best else {}, sort_keys=True),
             "train_seconds": _mean_std([r["train_seconds"] for r in runs])[0],
             "kind": kind_of(method),
+            "seeds": " ".join(str(r["seed"]) for r in runs),
             "val_accs": " ".join(f"{r[metric]:.4f}" for r in runs),
             "trials_complete": sum(t.state == TrialState.COMPLETE for t in trials),
             "trials_pruned": sum(t.state == TrialState.PRUNED for t in trials),
             "trials_failed": len(failed),
+            "_by_seed": {r["seed"]: r[metric] for r in runs},
             "_runs": runs,
             "_failures": failures,
         })  # fmt: skip
+    for group in groups(rows).values():
+        add_paired_stats(group)
     return rows
+
+
+def groups(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """Rows by (protocol, backbone), in study order."""
+    out: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        out.setdefault((row["protocol"], row["backbone"]), []).append(row)
+    return out
+
+
+def add_paired_stats(group: list[dict]) -> None:
+    """Each row's paired difference to ``row_major`` and to the best fixed order of its group."""
+    ok = [r for r in group if r["n_seeds"]]
+    base = next((r for r in ok if r["method"] == BASELINE), None)
+    fixed = [r for r in ok if is_fixed(r["method"])]
+    best_fixed = max(fixed, key=lambda r: r["val_acc_mean"]) if fixed else None
+    for row in group:
+        for prefix, ref in (("delta", base), ("best_fixed", best_fixed)):
+            d = paired_delta(row["_by_seed"], ref["_by_seed"]) if ref else paired_delta({}, {})
+            row[f"_{prefix}"] = d
+        d, f = row["_delta"], row["_best_fixed"]
+        row.update({
+            "delta_vs_row_major": d["delta"], "delta_ci_low": d["low"],
+            "delta_ci_high": d["high"], "significant": d["significant"],
+            "best_fixed": best_fixed["method"] if best_fixed else "",
+            "delta_vs_best_fixed": f["delta"], "best_fixed_ci_low": f["low"],
+            "best_fixed_ci_high": f["high"], "significant_vs_best_fixed": f["significant"],
+            "ci": d["ci"],
+        })  # fmt: skip
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -119,26 +148,68 @@ def write_csv(rows: list[dict], path: Path) -> None:
     _atomic_write(path, buffer.getvalue().encode())
 
 
+def _by_delta(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: -math.inf if math.isnan(r["delta_vs_row_major"])
+                  else r["delta_vs_row_major"])  # fmt: skip
+
+
 def comparison_figure(rows: list[dict], title: str) -> Figure:
-    """Mean metric per method with one-std error bars, best at the top, coloured by kind."""
-    rows = sorted(rows, key=lambda r: -1 if r["n_seeds"] == 0 else r["val_acc_mean"])
-    fig = Figure(figsize=(7, 0.35 * len(rows) + 1.2), dpi=100, layout="constrained")
+    """One panel per (protocol, backbone): each method's paired difference to row_major with its
+    95% interval, best at the top, coloured by kind."""
+    panels = groups(rows)
+    cols = len({b for _, b in panels})
+    nrows = math.ceil(len(panels) / cols)
+    height = max(len(g) for g in panels.values())
+    fig = Figure(figsize=(4.2 * cols, (0.28 * height + 1.0) * nrows + 0.4), dpi=100,
+                 layout="constrained")  # fmt: skip
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, cols, squeeze=False).ravel()
+    for ax, ((protocol, backbone), group) in zip(axes, panels.items(), strict=False):
+        group = [r for r in _by_delta(group) if r["n_seeds"]]
+        y = list(range(len(group)))
+        delta = [100 * r["delta_vs_row_major"] for r in group]
+        low = [d - 100 * r["delta_ci_low"] if not math.isnan(r["delta_ci_low"]) else 0
+               for d, r in zip(delta, group, strict=True)]  # fmt: skip
+        high = [100 * r["delta_ci_high"] - d if not math.isnan(r["delta_ci_high"]) else 0
+                for d, r in zip(delta, group, strict=True)]  # fmt: skip
+        for yi, d, lo, hi, r in zip(y, delta, low, high, group, strict=True):
+            ax.errorbar(d, yi, xerr=[[lo], [hi]], fmt="o", color=KIND_COLOURS[r["kind"]],
+                        capsize=3, markersize=5 if r["significant"] else 3)  # fmt: skip
+        ax.axvline(0, color="black", linestyle="--", linewidth=0.8)
+        ax.set_yticks(y, [f"{r['method']}{' *' if r['significant'] else ''}" for r in group],
+                      fontsize=7)  # fmt: skip
+        ax.set_title(f"{backbone}, {protocol}", fontsize=9)
+        ax.set_xlabel("val acc - row_major (points, 95% CI)", fontsize=7)
+    for ax in axes[len(panels) :]:
+        ax.set_axis_off()
+    fig.suptitle(f"{title}   (* interval excludes 0)", fontsize=10)
+    return fig
+
+
+def backbones_figure(rows: list[dict], protocol: str) -> Figure:
+    """Method x backbone heatmap of the paired difference to row_major (points)."""
+    group = [r for r in rows if r["protocol"] == protocol]
+    backbones = list(dict.fromkeys(r["backbone"] for r in group))
+    methods = list(dict.fromkeys(r["method"] for r in group))
+    cell = {(r["method"], r["backbone"]): r for r in group}
+    values = [[100 * cell[m, b]["delta_vs_row_major"] if (m, b) in cell and cell[m, b]["n_seeds"]
+               else math.nan for b in backbones] for m in methods]  # fmt: skip
+    finite = [abs(v) for row in values for v in row if not math.isnan(v)] or [1.0]
+    limit = max(finite) or 1.0
+    fig = Figure(figsize=(1.3 * len(backbones) + 2.6, 0.3 * len(methods) + 1.3), dpi=100,
+                 layout="constrained")  # fmt: skip
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    y = range(len(rows))
-    means = [r["val_acc_mean"] if r["n_seeds"] else 0.0 for r in rows]
-    ax.barh(y, means, xerr=[r["val_acc_std"] if r["n_seeds"] else 0.0 for r in rows],
-            color=[KIND_COLOURS[r["kind"]] for r in rows], capsize=3)  # fmt: skip
-    ax.set_yticks(list(y), [f"{r['method']} (n={r['n_seeds']})" for r in rows], fontsize=8)
-    baseline = next((r for r in rows if r["method"] == "row_major" and r["n_seeds"]), None)
-    if baseline is not None:
-        ax.axvline(baseline["val_acc_mean"], color="black", linestyle="--", linewidth=0.8)
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("validation accuracy (mean and std over seeds; dashed: row_major)")
-    ax.set_title(title, fontsize=10)
-    handles = [ax.bar(0, 0, color=c, label=k) for k, c in KIND_COLOURS.items()
-               if any(r["kind"] == k for r in rows)]  # fmt: skip
-    ax.legend(handles=handles, fontsize=7, loc="lower right")
+    image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
+    for i, m in enumerate(methods):
+        for j, b in enumerate(backbones):
+            if not math.isnan(values[i][j]):
+                star = "*" if cell[m, b]["significant"] else ""
+                ax.text(j, i, f"{values[i][j]:+.1f}{star}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(backbones)), backbones, fontsize=8)
+    ax.set_yticks(range(len(methods)), methods, fontsize=7)
+    fig.colorbar(image, ax=ax, label="val acc - row_major (points)")
+    ax.set_title(f"{protocol}: paired difference to row_major (* 95% CI excludes 0)", fontsize=9)
     return fig
 
 
@@ -152,28 +223,46 @@ def save_figure(fig: Figure, path: Path) -> None:
     _atomic_write(path, buffer.getvalue())
 
 
-def final_orders(rows: list[dict]) -> tuple[dict[str, torch.Tensor], tuple[int, int] | None]:
-    """Each method's order from its first seed run (a per-image method: its first val image's)."""
-    orders, grid = {}, None
+def final_orders(rows: list[dict]) -> tuple[dict, tuple[int, int] | None, list[int] | None]:
+    """Each method's order from its first seed run (a per-image method: its first val image's),
+    the grid, and that seed's key patches (planted)."""
+    orders, grid, keys = {}, None, None
     for row in rows:
         if not row["_runs"]:
             continue
         run = row["_runs"][0]
         grid = grid or tuple(run["grid"])
+        keys = keys or run.get("key_patches")
         if run.get("order") is not None:
-            orders[row["method"]] = torch.tensor(run["order"])
+            orders[row["method"]] = run["order"]
         elif run.get("example_order") is not None:
-            orders[f"{row['method']} (one image)"] = torch.tensor(run["example_order"])
-    return orders, grid
+            orders[f"{row['method']} (one image)"] = run["example_order"]
+    return orders, grid, keys
 
 
-def markdown_table(rows: list[dict], metric: str) -> str:
-    header = ["method", "kind", f"{metric} mean", "std", "seeds", "per seed", "train s",
-              "trials (ok/pruned/failed)", "best params"]  # fmt: skip
+def _fmt(value, spec: str = ".3f") -> str:
+    return (
+        "-"
+        if value == "" or (isinstance(value, float) and math.isnan(value))
+        else f"{value:{spec}}"
+    )
+
+
+def _points(delta: dict) -> str:
+    """A paired difference in points with its interval, bold when significant."""
+    if math.isnan(delta["delta"]):
+        return "-"
+    text = f"{100 * delta['delta']:+.1f} [{_fmt(100 * delta['low'], '+.1f')}, " \
+           f"{_fmt(100 * delta['high'], '+.1f')}]"  # fmt: skip
+    return f"**{text}**" if delta["significant"] else text
+
+
+def markdown_table(group: list[dict], metric: str) -> str:
+    header = ["method", "kind", f"{metric} mean ± std", "vs row_major (pts, 95% CI)",
+              "vs best fixed", "key recall", "per seed", "train s", "trials (ok/pruned/failed)",
+              "best params"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in sorted(
-        rows, key=lambda r: -1 if r["n_seeds"] == 0 else r["val_acc_mean"], reverse=True
-    ):
+    for r in reversed(_by_delta(group)):
         trials = (
             f"{r['trials_complete']}/{r['trials_pruned']}/{r['trials_failed']}"
             if r["kind"] == "learned"
@@ -182,11 +271,28 @@ def markdown_table(rows: list[dict], metric: str) -> str:
         params = (
             ", ".join(f"`{k}={_short(v)}`" for k, v in json.loads(r["best_params"]).items()) or "-"
         )
-        mean = f"{r['val_acc_mean']:.3f}" if r["n_seeds"] else "failed"
-        std = f"{r['val_acc_std']:.3f}" if r["n_seeds"] else "-"
-        train_s = f"{r['train_seconds']:.1f}" if r["n_seeds"] else "-"
-        lines.append(f"| {r['method']} | {r['kind']} | {mean} | {std} | {r['n_seeds']} | "
-                     f"{r['val_accs'] or '-'} | {train_s} | {trials} | {params} |")  # fmt: skip
+        acc = f"{r['val_acc_mean']:.3f} ± {r['val_acc_std']:.3f}" if r["n_seeds"] else "failed"
+        lines.append(
+            f"| {r['method']} | {r['kind']} | {acc} | {_points(r['_delta'])} | "
+            f"{_points(r['_best_fixed'])} | {_fmt(r['key_recall'], '.2f')} | "
+            f"{r['val_accs'] or '-'} | {_fmt(r['train_seconds'], '.1f')} | {trials} | {params} |"
+        )
+    return "\n".join(lines)
+
+
+def backbone_table(rows: list[dict], protocol: str) -> str:
+    """Method x backbone: mean accuracy and the paired difference to row_major."""
+    group = [r for r in rows if r["protocol"] == protocol]
+    backbones = list(dict.fromkeys(r["backbone"] for r in group))
+    cell = {(r["method"], r["backbone"]): r for r in group}
+    lines = ["| method | " + " | ".join(backbones) + " |", "|---|" + "---|" * len(backbones)]
+    for method in dict.fromkeys(r["method"] for r in group):
+        cells = []
+        for b in backbones:
+            r = cell.get((method, b))
+            ok = r is not None and r["n_seeds"]
+            cells.append(f"{r['val_acc_mean']:.3f} ({_points(r['_delta'])})" if ok else "-")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -194,69 +300,125 @@ def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def headline(rows: list[dict], metric: str) -> str:
-    ok = [r for r in rows if r["n_seeds"]]
-    base = next((r for r in ok if r["method"] == "row_major"), None)
+def headline(group: list[dict], metric: str) -> str:
+    """What the group shows, claiming a gain only where the paired interval excludes 0."""
+    ok = [r for r in group if r["n_seeds"]]
+    base = next((r for r in ok if r["method"] == BASELINE), None)
     learned = [r for r in ok if r["kind"] == "learned"]
     if base is None or not learned:
-        return "No headline: the study needs `row_major` and a learned method that finished."
-    best = max(learned, key=lambda r: r["val_acc_mean"])
-    gap = 100 * (best["val_acc_mean"] - base["val_acc_mean"])
-    best_fixed = max((r for r in ok if r["kind"] != "learned"), key=lambda r: r["val_acc_mean"])
+        return "No headline: the comparison needs `row_major` and a learned method that finished."
+    best = max(learned, key=lambda r: r["delta_vs_row_major"])
+    fixed = next((r for r in ok if r["method"] == best["best_fixed"]), None)
+    vs_fixed = (
+        f"against the best fixed order `{fixed['method']}` ({fixed['val_acc_mean']:.3f}): "
+        f"{_points(best['_best_fixed'])}"
+        if fixed
+        else "no fixed order to compare with"
+    )
+    wins = sorted(
+        (r for r in learned if r["significant"] and r["delta_vs_row_major"] > 0),
+        key=lambda r: -r["delta_vs_row_major"],
+    )
+    if wins:
+        names = ", ".join(f"`{r['method']}`" for r in wins)
+        return (
+            f"Learned orders that beat `row_major` (95% CI excludes 0): {names}. Best: "
+            f"**{best['method']}**, {metric} {best['val_acc_mean']:.3f} vs "
+            f"{base['val_acc_mean']:.3f}, {_points(best['_delta'])} points; {vs_fixed}."
+        )
     return (
-        f"Best learned estimator: **{best['method']}**, {metric} {best['val_acc_mean']:.3f} "
-        f"± {best['val_acc_std']:.3f} over {best['n_seeds']} seeds, **{gap:+.1f} points** over "
-        f"`row_major` ({base['val_acc_mean']:.3f} ± {base['val_acc_std']:.3f}). Best fixed order: "
-        f"`{best_fixed['method']}` ({best_fixed['val_acc_mean']:.3f})."
+        f"No learned order beats `row_major` significantly. Closest: `{best['method']}`, "
+        f"{_points(best['_delta'])} points ({best['val_acc_mean']:.3f} vs "
+        f"{base['val_acc_mean']:.3f}); {vs_fixed}."
     )
 
 
 def write_report(
     output_dir: Path,
     cfg: DictConfig,
-    methods: list[str],
-    searches: dict[str, optuna.Study],
-    results: dict[str, list[dict]],
+    searches: dict,
+    results: dict,
     wall_seconds: float,
 ) -> Path:
-    """Write the four report files into ``output_dir``; returns the path of ``report.md``."""
+    """Write the report files into ``output_dir``; returns the path of ``report.md``."""
     s, metric = cfg.study, cfg.study.metric
     output_dir.mkdir(parents=True, exist_ok=True)
-    rows = summarize(methods, searches, results, cfg)
+    rows = summarize(searches, results, metric)
     write_csv(rows, output_dir / "results.csv")
     ok = [r for r in rows if r["n_seeds"]]
-    title = f"{s.name}: {ok[0]['data']} / {ok[0]['backbone']}" if ok else s.name
-    save_figure(comparison_figure(rows, title), output_dir / "comparison.png")
-    orders, grid = final_orders(rows)
-    if orders:
-        save_figure(orders_figure(orders, *grid, columns=5), output_dir / "orders.png")
-    failures = [f"- `{r['method']}` {where}: {why}" for r in rows for where, why in r["_failures"]]
+    data = ok[0]["data"] if ok else "?"
+    panels = groups(rows)
+    protocols = list(dict.fromkeys(p for p, _ in panels))
+    backbones = list(dict.fromkeys(b for _, b in panels))
+    save_figure(comparison_figure(rows, f"{s.name}: {data}"), output_dir / "comparison.png")
+    figures = []
+    if len(backbones) > 1:
+        for protocol in protocols:
+            name = f"backbones-{protocol}.png"
+            save_figure(backbones_figure(rows, protocol), output_dir / name)
+            figures.append(f"![method x backbone, {protocol}]({name})")
+    order_figures = []
+    for backbone in backbones:
+        orders, grid, keys = final_orders(panels[protocols[0], backbone])
+        if orders:
+            name = "orders.png" if len(backbones) == 1 else f"orders-{backbone}.png"
+            fig = orders_figure(orders, *grid, columns=5, marks=keys)
+            save_figure(fig, output_dir / name)
+            order_figures.append(f"![final orders, {backbone}]({name})")
+    failures = [
+        f"- `{r['method']}` ({r['backbone']}, {r['protocol']}) {where}: {why}"
+        for r in rows for where, why in r["_failures"]
+    ]  # fmt: skip
     code = {json.loads((Path(r["_runs"][0]["output_dir"]) / "run.json").read_text())["code_version"]
             for r in ok if (Path(r["_runs"][0]["output_dir"]) / "run.json").exists()}  # fmt: skip
+    per_image = sorted({r["method"] for r in rows if is_per_image(r["method"])})
     command = " ".join(["python -m diffsort_reorder.study", *sys.argv[1:]])
+    seeds = f"{s.seed + 1}..{s.seed + s.seeds}"
     lines = [
         f"# Study `{s.name}`",
         "",
-        headline(rows, metric),
+        *(f"- **{b}, {p}:** {headline(g, metric)}" for (p, b), g in panels.items()),
         "",
         f"Command: `{command}`  ",
         f"Run config overrides: `{' '.join(s.overrides)}`  ",
-        f"Search: {s.n_trials} Optuna trials per learned method ({s.sampler.name} sampler, "
-        f"{s.pruner.name} pruner) on seed {s.seed}; each method's best config then re-run with "
-        f"seeds {s.seed + 1}..{s.seed + s.seeds} (the data, init and sampling all change with the "
-        f"seed; the reported numbers never include the search's own runs).  ",
+        f"Search: {s.n_trials} Optuna trials per learned method and backbone ({s.sampler.name} "
+        f"sampler, {s.pruner.name} pruner) on seed {s.seed}; then every method re-run on seeds "
+        f"{seeds}, the same seeds for every method (a seed fixes the data, init and sampling), so "
+        f"differences are paired by seed. The numbers never include the search's own runs.  ",
+        f"Protocols: {', '.join(protocols)}. *curriculum*: each seed run trains the best config "
+        f"through REOrder's curriculum (fixed order, policy, frozen order). *retrain*: the order "
+        f"the best search trial learned is frozen and each seed trains a fresh model on it, so "
+        f"the order's own value is separated from the run's adaptation to it."
+        + (
+            f" Per-image methods ({', '.join(per_image)}) have no single order to freeze and keep "
+            f"the curriculum under retrain."
+            if per_image and "retrain" in protocols
+            else ""
+        )
+        + "  ",  # fmt: skip
+        "Intervals: 95%, of the mean per-seed difference; a Student t-interval below 10 seeds, "
+        "else a percentile bootstrap (2000 resamples). **Bold**: the interval excludes 0.  ",
         f"Metric: `{metric}` at the last epoch, with the order frozen. Wall time: "
         f"{wall_seconds / 60:.1f} min (this invocation; runs already done are reused).  ",
         f"Code version: {', '.join(sorted(code)) or 'unknown'}",
         "",
-        markdown_table(rows, metric),
+    ]
+    for (protocol, backbone), group in panels.items():
+        lines += [f"## {backbone}, {protocol}", "", markdown_table(group, metric), ""]
+    if len(backbones) > 1:
+        for protocol in protocols:
+            lines += [f"## Method x backbone ({protocol})", "",
+                      "Mean accuracy (paired difference to row_major, points, 95% CI):", "",
+                      backbone_table(rows, protocol), ""]  # fmt: skip
+        lines += [*figures, ""]
+    lines += [
+        "![paired differences to row_major](comparison.png)",
         "",
-        "![accuracy per method](comparison.png)",
+        f"Each method's final order over the patch grid ({protocols[0]}, first seed; colour: "
+        "sequence slot, red dot: the first slot, red frames: key patches where the data has "
+        "them):",
         "",
-        "Each method's final order over the patch grid (first seed; colour: sequence slot, "
-        "red dot: the first slot):",
-        "",
-        "![final orders](orders.png)" if orders else "(no orders: no run finished)",
+        *(order_figures or ["(no orders: no run finished)"]),
         "",
         "## Failures",
         "",
@@ -268,8 +430,9 @@ def write_report(
         f"tensorboard --logdir {output_dir / 'runs'}",
         "```",
         "",
-        f"Runs are `runs/{s.name}/<method>/trial-NNNN` (the search) and `seed-K` (the re-runs), "
-        "each with its hyper-parameters and final accuracy in the HPARAMS tab.",
+        f"Runs are `runs/{s.name}/<backbone>/<method>/trial-NNNN` (the search), `seed-K` and "
+        "`retrain-seed-K` (the re-runs), each with its hyper-parameters and final accuracy in the "
+        "HPARAMS tab.",
         "",
     ]
     path = output_dir / "report.md"

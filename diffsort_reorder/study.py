@@ -37,18 +37,21 @@ import hydra
 import optuna
 import torch
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from estimators import list_estimators
-
-from .config import compose_config, to_yaml
-from .methods import list_methods
-from .orderings import ORDERINGS
-from .priors import PRIORS
+from .backbones import list_backbones
+from .config import compose_config, to_yaml, value_of
+from .methods import (
+    check_not_oracle,
+    check_start_orders,
+    is_learned,
+    is_per_image,
+    list_methods,
+)
 from .report import best_trial, write_report
-from .train import show_progress, train
+from .train import check_config, show_progress, train
 
 # Failures that end one trial (FAIL, with the reason) and let the study go on.
 TRIAL_ERRORS = (FloatingPointError, torch.OutOfMemoryError)
@@ -64,6 +67,9 @@ JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 30  # a worker silent for 30 s is dead
 POLL_SECONDS = 5.0
 METRICS = ("val_acc", "best_val_acc")
+# curriculum: REOrder's (fixed order, policy, frozen order) in every seed run; retrain: the order
+# the best search trial learned, frozen, and a fresh model trained on it in every seed run.
+PROTOCOLS = ("curriculum", "retrain")
 log = logging.getLogger(__name__)
 
 
@@ -71,23 +77,14 @@ class StudyStopped(Exception):
     """``study.stop_after_runs`` was reached (as if interrupted)."""
 
 
-def is_learned(method: str) -> bool:
-    """Estimators are searched; scan orders, priors and training-free probes are simply run."""
-    return method in list_estimators()
-
-
 # --------------------------------------------------------------------------- checking the input
 def check_methods(methods) -> list[str]:
     methods = list(methods or [])
     if not methods:
         raise ValueError("'study.methods' is empty; name at least one method")
+    check_not_oracle("'study.methods'", methods)
     known = [m for m in list_methods() if m != "oracle"]
     for method in methods:
-        if method == "oracle":
-            raise ValueError(
-                "'study.methods' contains 'oracle'; a study never compares against the oracle "
-                "order (real data has none)"
-            )
         if method not in known:
             raise ValueError(
                 f"'study.methods' contains unknown method {method!r}; available: {', '.join(known)}"
@@ -115,14 +112,8 @@ def check_space(method: str, space) -> dict[str, dict]:
             choices = spec.get("choices")
             if not isinstance(choices, list) or not choices:
                 raise ValueError(f"{where} has no choices (an empty search space): {spec}")
-            if key.endswith(".init") and "oracle" in choices:
-                raise ValueError(f"{where} offers 'oracle' as a starting order; studies never do")
-            starts = (*ORDERINGS, *PRIORS)
-            if key.endswith(".init") and not set(choices) <= set(starts):
-                raise ValueError(
-                    f"{where} offers {sorted(set(choices) - set(starts))}; a starting order is "
-                    f"one of {', '.join(starts)}"
-                )
+            if key.endswith(".init"):
+                check_start_orders(where, choices)
         else:
             low, high = spec.get("low"), spec.get("high")
             if not all(isinstance(v, (int, float)) for v in (low, high)) or not low < high:
@@ -219,6 +210,37 @@ def open_storage(url: str | None, output_dir: Path):
 
 
 # --------------------------------------------------------------------------- the study
+def check_protocols(protocol) -> list[str]:
+    """``study.protocol``: one of :data:`PROTOCOLS`, or a list of them (run both on one search)."""
+    protocols = [protocol] if isinstance(protocol, str) else list(protocol or [])
+    bad = [p for p in protocols if p not in PROTOCOLS]
+    if not protocols or bad or len(set(protocols)) < len(protocols):
+        given = protocols if isinstance(protocol, ListConfig) else protocol
+        raise ValueError(
+            f"'study.protocol' should be one of {PROTOCOLS} (or a list of them, each once) but "
+            f"got {given!r}"
+        )
+    return protocols
+
+
+def check_backbones(backbones, overrides) -> list[str]:
+    """``study.backbones``: a list of distinct registered backbones; null for the one the
+    study's overrides select (else the run config's default)."""
+    if backbones is None:
+        return [value_of(list(overrides), "backbone") or compose_config([]).backbone.name]
+    names = list(backbones) if isinstance(backbones, (list, ListConfig)) else [backbones]
+    known = list_backbones()
+    unknown = [b for b in names if b not in known]
+    duplicates = sorted({b for b in names if names.count(b) > 1})
+    if not names or unknown or duplicates:
+        why = f"unknown {unknown}" if unknown else f"{duplicates} twice" if duplicates else "none"
+        raise ValueError(
+            f"'study.backbones' should list distinct backbones out of {known} (or be null) but "
+            f"names {why}: {names}"
+        )
+    return names
+
+
 class Study:
     """One invocation of a study; :meth:`run` searches, re-runs the best configs and reports."""
 
@@ -226,6 +248,8 @@ class Study:
         s = cfg.study
         self.cfg, self.s = cfg, s
         self.methods = check_methods(s.methods)
+        self.protocols = check_protocols(s.protocol)
+        self.backbones = check_backbones(s.get("backbones"), s.overrides)
         for key in ("n_trials", "seeds"):
             if not isinstance(s[key], int) or s[key] < 1:
                 raise ValueError(f"'study.{key}' should be an integer >= 1 but got {s[key]!r}")
@@ -235,46 +259,55 @@ class Study:
         unknown = sorted(set(s.get("method_overrides") or {}) - set(list_methods()))
         if unknown:
             raise ValueError(f"'study.method_overrides' names unknown methods {unknown}")
+        unknown = sorted(set(s.get("backbone_overrides") or {}) - set(list_backbones()))
+        if unknown:
+            raise ValueError(f"'study.backbone_overrides' names unknown backbones {unknown}")
         self.spaces = {
             m: check_space(m, cfg.space.get(m)) for m in self.methods if is_learned(m)
         }  # fmt: skip
         self.output_dir = Path(s.output_dir)
+        self.seeds = [s.seed + k for k in range(1, s.seeds + 1)]  # every method's: paired
         # Every run's config composes now, before any training: a bad key fails here.
-        for method in self.methods:
-            self.check_run_config(method)
+        for backbone in self.backbones:
+            for method in self.methods:
+                self.check_run_config(method, backbone)
         self.storage = open_storage(s.storage, self.output_dir)
         self.runs_done = 0
         self.bar = None
 
     # --- run configs
-    def run_config(self, method: str, seed: int, name: str, params: dict) -> DictConfig:
+    def run_config(
+        self, method: str, backbone: str, seed: int, name: str, params: dict, extra=()
+    ) -> DictConfig:
+        run = f"{backbone}/{method}/{name}"
         overrides = [
-            *self.s.overrides,
+            *(o for o in self.s.overrides if o.partition("=")[0] != "backbone"),
+            f"backbone={backbone}",
+            *(self.s.get("backbone_overrides") or {}).get(backbone, []),
             *(self.s.method_overrides or {}).get(method, []),
             f"method={method}",
             f"seed={seed}",
-            f"output_dir={self.output_dir.resolve() / 'train' / method / name}",
-            f"trainer.log_dir={self.output_dir.resolve() / 'runs' / self.s.name / method / name}",
+            f"output_dir={self.output_dir.resolve() / 'train' / run}",
+            f"trainer.log_dir={self.output_dir.resolve() / 'runs' / self.s.name / run}",
             "trainer.progress=false",
             *(f"{key}={override_value(value)}" for key, value in params.items()),
+            *extra,
         ]
         return compose_config(overrides)
 
-    def check_run_config(self, method: str) -> None:
+    def check_run_config(self, method: str, backbone: str) -> None:
         params = first_point(self.spaces[method]) if method in self.spaces else {}
         try:
-            cfg = self.run_config(method, self.s.seed, "check", params)
+            cfg = self.run_config(method, backbone, self.s.seed, "check", params)
         except HydraException as err:
             where = f"'space.{method}'" if params else "'study.overrides'"
             raise ValueError(
-                f"{where}: the run config for {method!r} does not compose: {err}"
+                f"{where}: the {backbone} run config for {method!r} does not compose: {err}"
             ) from err
+        check_config(cfg)
         est = cfg.get("estimator")
-        if est is not None and est.init not in (*ORDERINGS, *PRIORS):
-            raise ValueError(
-                f"{method!r} starts from {est.init!r}; a study's estimators start from a scan "
-                f"order or a prior ({', '.join([*ORDERINGS, *PRIORS])}), never the oracle"
-            )
+        if est is not None:
+            check_start_orders(f"{method!r}'s estimator.init", [est.init])
 
     # --- progress
     def tick(self, line: str) -> None:
@@ -286,23 +319,29 @@ class Study:
         if stop is not None and self.runs_done >= stop:
             raise StudyStopped(f"stopped after {self.runs_done} runs (study.stop_after_runs)")
 
+    def total_runs(self) -> int:
+        per_backbone = len(self.spaces) * self.s.n_trials + len(self.methods) * len(self.seeds)
+        if "retrain" in self.protocols and "curriculum" in self.protocols:
+            per_backbone += sum(map(retrains, self.methods)) * len(self.seeds)
+        return per_backbone * len(self.backbones)
+
     # --- search
-    def optuna_study(self, method: str) -> optuna.Study:
-        seed = zlib.crc32(f"{self.s.seed}/{method}".encode())  # a sampler seed per method
+    def optuna_study(self, method: str, backbone: str) -> optuna.Study:
+        seed = zlib.crc32(f"{self.s.seed}/{backbone}/{method}".encode())  # a sampler seed each
         sampler, pruner = build_sampler(self.s.sampler, seed), build_pruner(self.s.pruner)
         return optuna.create_study(
-            study_name=f"{self.s.name}/{method}", storage=self.storage, sampler=sampler,
-            pruner=pruner, direction="maximize", load_if_exists=True,
+            study_name=f"{self.s.name}/{backbone}/{method}", storage=self.storage,
+            sampler=sampler, pruner=pruner, direction="maximize", load_if_exists=True,
         )  # fmt: skip
 
-    def objective(self, method: str):
+    def objective(self, method: str, backbone: str):
         space, metric = self.spaces[method], self.s.metric
 
         def run_trial(trial: optuna.Trial) -> float:
             params = {key: suggest(trial, key, spec) for key, spec in space.items()}
             # A retried trial continues its original's run directory (and checkpoint).
             name = f"trial-{trial.user_attrs.get('retry_of', trial.number):04d}"
-            cfg = self.run_config(method, self.s.seed, name, params)
+            cfg = self.run_config(method, backbone, self.s.seed, name, params)
 
             def report(epoch: int, metrics: dict) -> None:
                 trial.report(metrics["val_acc"], epoch)
@@ -321,14 +360,16 @@ class Study:
                     torch.cuda.empty_cache()
                 raise
             trial.set_user_attr("train_seconds", result["train_seconds"])
+            if result["order"] is not None:  # what the retrain protocol freezes
+                trial.set_user_attr("order", result["order"])
             return result[metric]
 
         return run_trial
 
-    def default_point(self, method: str) -> dict:
+    def default_point(self, method: str, backbone: str) -> dict:
         """The values the run config has for ``method``'s search keys, where they lie in the
         space: the hand-set defaults of ``configs/estimator/``, tried first."""
-        cfg = self.run_config(method, self.s.seed, "defaults", {})
+        cfg = self.run_config(method, backbone, self.s.seed, "defaults", {})
         point = {}
         for key, spec in self.spaces[method].items():
             value = OmegaConf.select(cfg, key)
@@ -336,13 +377,13 @@ class Study:
                 point[key] = value
         return point
 
-    def search(self, method: str) -> optuna.Study:
-        study = self.optuna_study(method)
-        objective = self.objective(method)
-        lock = self.output_dir / f".{method}.queue.lock"
+    def search(self, method: str, backbone: str) -> optuna.Study:
+        study = self.optuna_study(method, backbone)
+        objective = self.objective(method, backbone)
+        lock = self.output_dir / f".{backbone}.{method}.queue.lock"
         with exclusive(lock):  # one worker at a time decides what to enqueue
             if self.s.start_from_defaults and not study.get_trials(deepcopy=False):
-                study.enqueue_trial(self.default_point(method))
+                study.enqueue_trial(self.default_point(method, backbone))
         waited = 0.0
         while True:
             with warnings.catch_warnings():  # RDB heartbeats: a killed worker's trial is FAIL
@@ -358,25 +399,30 @@ class Study:
                 # Other workers' trials (or a killed one's, until its heartbeat is stale) may
                 # still change the best config: wait for them.
                 if not waited:
-                    tqdm.write(f"{method}: waiting for {len(running)} running trial(s)",
-                               file=sys.stderr)  # fmt: skip
+                    tqdm.write(f"{backbone}/{method}: waiting for {len(running)} running "
+                               f"trial(s)", file=sys.stderr)  # fmt: skip
                 time.sleep(POLL_SECONDS)
                 waited += POLL_SECONDS
                 continue
             # A sampler seeded by the history, so a resumed study does not redraw its points.
-            seed = zlib.crc32(f"{self.s.seed}/{method}/{len(trials)}".encode())
+            seed = zlib.crc32(f"{self.s.seed}/{backbone}/{method}/{len(trials)}".encode())
             study.sampler = build_sampler(self.s.sampler, seed)
             started, finished = time.perf_counter(), []
             record = functools.partial(_record, finished)
             study.optimize(objective, n_trials=1, catch=TRIAL_ERRORS, callbacks=[record])
-            self.tick(f"{method} trial {finished[-1].number}: {describe(finished[-1])} "
-                      f"({time.perf_counter() - started:.1f} s)")  # fmt: skip
+            seconds = time.perf_counter() - started
+            self.tick(f"{backbone}/{method} trial {finished[-1].number}: "
+                      f"{describe(finished[-1])} ({seconds:.1f} s)")  # fmt: skip
 
     # --- seed re-runs
-    def seed_run(self, method: str, params: dict, seed: int) -> dict:
-        """Run (or reuse) ``method`` with ``params`` and ``seed``; one worker at a time."""
-        name = f"seed-{seed}"
-        cfg = self.run_config(method, seed, name, params)
+    def seed_run(
+        self, method: str, backbone: str, params: dict, seed: int, order: list | None = None
+    ) -> dict:
+        """Run (or reuse) ``method`` with ``params`` and ``seed``; one worker at a time. With an
+        ``order`` (the retrain protocol) the run trains a fresh model on that fixed order."""
+        name = f"seed-{seed}" if order is None else f"retrain-seed-{seed}"
+        extra = [] if order is None else [f"order=[{','.join(map(str, order))}]"]
+        cfg = self.run_config(method, backbone, seed, name, params, extra)
         run_dir, log_dir = Path(cfg.output_dir), Path(cfg.trainer.log_dir)
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         with exclusive(run_dir.parent / f".{name}.lock"):
@@ -395,37 +441,61 @@ class Study:
                 result = {"failed": f"{type(err).__name__}: {err}", "seed": seed}
             result["wall_seconds"] = round(time.perf_counter() - started, 2)
         summary = result.get("failed") or f"{self.s.metric} {result[self.s.metric]:.3f}"
-        self.tick(f"{method} seed {seed}: {summary} ({result['wall_seconds']:.1f} s)")
+        self.tick(f"{backbone}/{method} {name}: {summary} ({result['wall_seconds']:.1f} s)")
         return result
+
+    def seed_runs(self, protocol: str, method: str, backbone: str, best) -> list[dict]:
+        """The seed re-runs of ``method`` under ``protocol``: its best trial's config through the
+        whole curriculum, or (``retrain``, global learned orders) that trial's learned order
+        frozen for a fresh model. Fixed orders and per-image methods run the same either way."""
+        params = best.params if best is not None else {}
+        order = learned_order(best) if protocol == "retrain" and retrains(method) else None
+        return [self.seed_run(method, backbone, params, seed, order) for seed in self.seeds]
 
     def run(self) -> Path:
         s = self.s
-        total = len(self.spaces) * s.n_trials + len(self.methods) * s.seeds
-        self.bar = tqdm(total=total, desc=s.name, unit="run", file=sys.stderr,
+        self.bar = tqdm(total=self.total_runs(), desc=s.name, unit="run", file=sys.stderr,
                         disable=not show_progress(s.progress))  # fmt: skip
         started = time.perf_counter()
-        searches: dict[str, optuna.Study] = {}
-        seeds = [s.seed + k for k in range(1, s.seeds + 1)]
-        results: dict[str, list[dict]] = {}
+        searches: dict[tuple[str, str], optuna.Study] = {}
+        results: dict[tuple[str, str, str], list[dict]] = {}
         try:
-            for method in self.methods:
-                if method in self.spaces:
-                    self.bar.set_description(f"{s.name}: search {method}")
-                    searches[method] = self.search(method)
-            for method in self.methods:
-                self.bar.set_description(f"{s.name}: seeds {method}")
-                best = best_trial(searches.get(method))
-                if method in searches and best is None:
-                    results[method] = []  # every trial failed or was pruned
-                    continue
-                params = best.params if best is not None else {}
-                results[method] = [self.seed_run(method, params, seed) for seed in seeds]
+            for backbone in self.backbones:
+                for method in self.methods:
+                    if method in self.spaces:
+                        self.bar.set_description(f"{s.name}: search {backbone}/{method}")
+                        searches[backbone, method] = self.search(method, backbone)
+                for protocol in self.protocols:
+                    for method in self.methods:
+                        self.bar.set_description(f"{s.name}: {protocol} {backbone}/{method}")
+                        best = best_trial(searches.get((backbone, method)))
+                        if method in self.spaces and best is None:
+                            results[protocol, backbone, method] = []  # every trial failed
+                            continue
+                        results[protocol, backbone, method] = self.seed_runs(
+                            protocol, method, backbone, best
+                        )
         finally:
             self.bar.close()
         return write_report(
-            self.output_dir, self.cfg, self.methods, searches, results,
+            self.output_dir, self.cfg, searches, results,
             wall_seconds=time.perf_counter() - started,
         )  # fmt: skip
+
+
+def retrains(method: str) -> bool:
+    """Whether the retrain protocol freezes ``method``'s learned order (a global estimator)."""
+    return is_learned(method) and not is_per_image(method)
+
+
+def learned_order(trial: optuna.trial.FrozenTrial) -> list[int]:
+    """The order a finished search trial learned (recorded with it, else in its run)."""
+    if "order" in trial.user_attrs:
+        return list(trial.user_attrs["order"])
+    raise ValueError(
+        f"search trial {trial.number} recorded no learned order; re-run its study with a fresh "
+        f"'study.output_dir' to use study.protocol=retrain"
+    )
 
 
 def _record(finished: list, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

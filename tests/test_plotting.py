@@ -1,9 +1,10 @@
 import pytest
 import torch
+from matplotlib.patches import Rectangle
 from PIL import Image
 
 from diffsort_reorder.orderings import scan_order
-from diffsort_reorder.plotting import order_image, save_orders_png
+from diffsort_reorder.plotting import order_image, orders_figure, save_orders_png
 
 
 def test_order_image_is_a_tensorboard_ready_picture():
@@ -28,3 +29,9 @@ def test_save_orders_png(tmp_path):
 def test_not_a_permutation_is_rejected():
     with pytest.raises(ValueError, match="permutation of range\\(9\\)"):
         order_image(torch.tensor([0, 0, 1, 2, 3, 4, 5, 6, 7]), 3, 3)
+
+
+def test_marked_patches_are_framed():
+    fig = orders_figure({"a": torch.arange(16), "b": torch.arange(16).flip(0)}, 4, 4, marks=[3, 9])
+    frames = [p for ax in fig.axes for p in ax.patches if isinstance(p, Rectangle)]
+    assert sorted((f.get_x(), f.get_y()) for f in frames) == [(0.5, 1.5)] * 2 + [(2.5, -0.5)] * 2

@@ -1,6 +1,8 @@
 """The study: end to end through the Hydra app, resuming, failed trials, and bad input."""
 
 import csv
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,53 +49,105 @@ def forbid_training(monkeypatch):
     monkeypatch.setattr(study_module, "train", no_training)
 
 
+def rows_by_key(path) -> dict[tuple[str, str, str], dict]:
+    with open(path / "results.csv") as f:
+        return {(r["protocol"], r["backbone"], r["method"]): r for r in csv.DictReader(f)}
+
+
 def test_smoke_study_end_to_end(tmp_path):
-    """`study=smoke` through the Hydra app: trials in the DB, hparams in TensorBoard, one row
-    per method, the report's path printed last."""
+    """The acceptance command through the Hydra app: trials in the DB, hparams in TensorBoard, a
+    row per (method, backbone) with paired deltas inside their intervals, the report's path last."""
     out = tmp_path / "smoke"
     proc = subprocess.run(
-        [sys.executable, "-m", "diffsort_reorder.study", "study=smoke", f"study.output_dir={out}"],
+        [sys.executable, "-m", "diffsort_reorder.study", "study=smoke", "study.protocol=retrain",
+         "study.backbones=[txl,vit]", f"study.output_dir={out}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == str(out / "report.md")
     cfg = study_config(out)
-    results = read_results(out)
-    assert list(results) == list(cfg.study.methods)  # one row per method, in order
-    for row in results.values():
-        assert int(row["n_seeds"]) == cfg.study.seeds
+    rows = rows_by_key(out)
+    methods = list(cfg.study.methods)
+    assert list(rows) == [("retrain", b, m) for b in ("txl", "vit") for m in methods]
+    with open(out / "results.csv") as f:
+        header = next(csv.reader(f))
+    assert {"protocol", "delta_vs_row_major", "delta_ci_low", "delta_ci_high", "significant",
+            "best_fixed", "delta_vs_best_fixed", "best_fixed_ci_low", "best_fixed_ci_high",
+            "significant_vs_best_fixed", "key_recall"} <= set(header)  # fmt: skip
+    for (_, backbone, _method), row in rows.items():
+        assert int(row["n_seeds"]) == cfg.study.seeds and row["seeds"] == "1 2"  # paired seeds
         assert 0.0 <= float(row["val_acc_mean"]) <= 1.0
-        assert row["backbone"] == "txl" and row["data"] == "planted"
+        assert row["backbone"] == backbone and row["data"] == "planted"
+        assert 0.0 <= float(row["key_recall"]) <= 1.0
+        for prefix, low, high in (("delta_vs_row_major", "delta_ci_low", "delta_ci_high"),
+                                  ("delta_vs_best_fixed", "best_fixed_ci_low",
+                                   "best_fixed_ci_high")):  # fmt: skip
+            assert float(row[low]) <= float(row[prefix]) <= float(row[high])
+        assert row["significant"] == str(float(row["delta_ci_low"]) > 0
+                                         or float(row["delta_ci_high"]) < 0)  # fmt: skip
+    # vit reads all patches with attention and patch position embeddings: order-invariant.
+    for method in methods:
+        assert (
+            rows["retrain", "vit", method]["val_accs"]
+            == rows["retrain", "vit", "row_major"]["val_accs"]
+        )
     for method in ("softsort", "plackett_luce"):
-        found = trials(out, f"smoke/{method}")
+        found = trials(out, f"smoke/txl/{method}")
         assert len(found) == cfg.study.n_trials
         assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in found)
-        assert results[method]["best_params"].startswith('{"estimator.')
+        assert rows["retrain", "txl", method]["best_params"].startswith('{"estimator.')
         for t in found:  # each trial is a TensorBoard run; the finished ones carry hparams
             events = EventAccumulator(
-                str(out / "runs" / "smoke" / method / f"trial-{t.number:04d}")
+                str(out / "runs" / "smoke" / "txl" / method / f"trial-{t.number:04d}")
             )
             events.Reload()
             assert "val/acc" in events.Tags()["scalars"]
             if t.state == TrialState.COMPLETE:
                 assert events.PluginTagToContent("hparams")
-    events = EventAccumulator(str(out / "runs" / "smoke" / "row_major" / "seed-1"))
+    events = EventAccumulator(str(out / "runs" / "smoke" / "vit" / "row_major" / "seed-1"))
     events.Reload()
     assert events.PluginTagToContent("hparams")
     report = (out / "report.md").read_text()
     assert "| softsort | learned |" in report and "tensorboard --logdir" in report
-    for name in ("comparison.png", "orders.png"):
+    assert "## Method x backbone (retrain)" in report
+    for name in ("comparison.png", "orders-txl.png", "backbones-retrain.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_retrain_freezes_the_best_trials_order_for_a_fresh_model(tmp_path):
+    """Both protocols on one search: curriculum seeds run the best config's whole curriculum;
+    retrain seeds train a fresh model on the order the best search trial learned. Fixed orders
+    run once for both."""
+    cfg = study_config(tmp_path, "study.methods=[row_major,softsort]",
+                       "study.protocol=[curriculum,retrain]")  # fmt: skip
+    report = Study(cfg).run()
+    rows = rows_by_key(tmp_path)
+    assert set(rows) == {(p, "txl", m) for p in ("curriculum", "retrain")
+                         for m in ("row_major", "softsort")}  # fmt: skip
+    assert (
+        rows["curriculum", "txl", "row_major"]["val_accs"]
+        == rows["retrain", "txl", "row_major"]["val_accs"]
+    )
+    best = max(trials(tmp_path, "smoke/txl/softsort"), key=lambda t: t.value or -1)
+    learned = best.user_attrs["order"]
+    assert sorted(learned) == list(range(16))
+    for seed in (1, 2):
+        run_dir = tmp_path / "train" / "txl" / "softsort" / f"retrain-seed-{seed}"
+        config = (run_dir / "config.yaml").read_text()
+        assert f"order:\n- {learned[0]}\n" in config
+        result = json.loads((run_dir / "result.json").read_text())
+        assert result["order"] == learned and result["finished"]
+    assert "keep the curriculum under retrain" not in report.read_text()  # no per-image method
 
 
 def test_interrupted_study_continues_where_it_stopped(tmp_path):
     methods = "study.methods=[row_major,softsort]"
     with pytest.raises(StudyStopped):
         Study(study_config(tmp_path, methods, "study.stop_after_runs=2", NO_PRUNING)).run()
-    first = trials(tmp_path, "smoke/softsort")
+    first = trials(tmp_path, "smoke/txl/softsort")
     assert [t.state for t in first] == [TrialState.COMPLETE] * 2
     Study(study_config(tmp_path, methods, NO_PRUNING)).run()
-    second = trials(tmp_path, "smoke/softsort")
+    second = trials(tmp_path, "smoke/txl/softsort")
     assert len(second) == 3  # one more trial, not three more
     assert [t.params for t in second[:2]] == [t.params for t in first]
     assert [t.value for t in second[:2]] == [t.value for t in first]
@@ -118,13 +172,13 @@ def test_trial_interrupted_mid_run_is_retried_from_its_checkpoint(tmp_path, monk
     monkeypatch.setattr(study_module, "train", interrupted_train)
     with pytest.raises(KeyboardInterrupt):
         Study(study_config(tmp_path, methods, NO_PRUNING)).run()
-    assert [t.state for t in trials(tmp_path, "smoke/softsort")] == [
+    assert [t.state for t in trials(tmp_path, "smoke/txl/softsort")] == [
         TrialState.COMPLETE,
         TrialState.FAIL,
     ]
     epochs_run.clear()
     Study(study_config(tmp_path, methods, "study.pruner.name=none")).run()
-    found = trials(tmp_path, "smoke/softsort")
+    found = trials(tmp_path, "smoke/txl/softsort")
     retry = found[2]
     assert retry.user_attrs["retry_of"] == 1 and retry.state == TrialState.COMPLETE
     assert retry.params == found[1].params
@@ -137,7 +191,7 @@ def test_nan_trial_ends_fail_and_the_study_completes(tmp_path):
     space = {"softsort": {"trainer.lr": {"type": "float", "low": 1e30, "high": 1e31, "log": True}}}
     cfg = study_config(tmp_path, "study.methods=[row_major,softsort]", space=space)
     report = Study(cfg).run()
-    found = trials(tmp_path, "smoke/softsort")
+    found = trials(tmp_path, "smoke/txl/softsort")
     assert len(found) == cfg.study.n_trials
     for t in found:
         assert t.state == TrialState.FAIL
@@ -177,7 +231,7 @@ def test_seed_runs_are_reused_when_rerun(tmp_path, monkeypatch):
          "oracle"),
         ([], {"softsort": {"estimator.init": {"type": "categorical", "choices": ["hilbert",
                                                                                 "nosuch"]}}},
-         "a starting order is one of"),
+         "an estimator starts from one of"),
         ([], {"softsort": {"estimator.nosuch": {"type": "float", "low": 0.1, "high": 1.0}}},
          "'space.softsort'"),
         ([], {"softsort": {"estimator.lr": {"type": "uniform", "low": 0.1, "high": 1.0}}},
@@ -187,11 +241,27 @@ def test_seed_runs_are_reused_when_rerun(tmp_path, monkeypatch):
         (["study.overrides=['data=planted','estimator.init=oracle']",
           "study.methods=[softsort]"], {"softsort": {"estimator.lr": {"type": "float", "low": 0.1,
                                                                        "high": 1.0}}}, "oracle"),
+        (["study.protocol=finetune"], None,
+         "'study.protocol' should be one of ('curriculum', 'retrain') (or a list of them, each "
+         "once) but got 'finetune'"),
+        (["study.protocol=[retrain,retrain]"], None, "'study.protocol' should be one of"),
+        (["study.backbones=[txl,rnn]"], None, "'study.backbones' should list distinct backbones "
+         "out of ['local', 'mamba', 'txl', 'vit'] (or be null) but names unknown ['rnn']"),
+        (["study.backbones=[txl,vit,txl]"], None, "'study.backbones' should list distinct "
+         "backbones out of ['local', 'mamba', 'txl', 'vit'] (or be null) but names ['txl'] twice"),
+        (["+study.backbone_overrides.rnn=[]"], None, "'study.backbone_overrides' names unknown"),
+        (["study.methods=[row_major,plackett_luce_rloo]",
+          "+study.method_overrides.plackett_luce_rloo=['estimator.hparams.num_samples=1']"],
+         {"plackett_luce_rloo": {"estimator.lr": {"type": "float", "low": 0.1, "high": 1.0}}},
+         "'num_samples' should be >= 2 with baseline='rloo'"),
+        (["study.methods=[row_major,plackett_luce]",
+          "+study.method_overrides.plackett_luce=['estimator.grad_clip=-1']"], None,
+         "'estimator.grad_clip' should be a number > 0 or null (no clip) but got -1"),
     ],
 )  # fmt: skip
 def test_bad_input_is_refused_before_training(tmp_path, monkeypatch, overrides, space, message):
     forbid_training(monkeypatch)
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         Study(study_config(tmp_path, *overrides, space=space)).run()
 
 
@@ -213,7 +283,7 @@ def test_journal_storage_for_several_workers(tmp_path):
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(journal))
     )
-    found = optuna.load_study(study_name="smoke/softsort", storage=storage).get_trials()
+    found = optuna.load_study(study_name="smoke/txl/softsort", storage=storage).get_trials()
     assert len(found) == cfg.study.n_trials
     assert not (tmp_path / "study.db").exists()
 
@@ -231,7 +301,7 @@ def test_every_study_file_composes_its_runs(tmp_path, monkeypatch, name):
     )
     study = Study(cfg)
     assert set(study.methods) >= {"row_major", "softsort", "compression_prior"}
-    run = study.run_config("softsort", 1, "seed-1", {})
+    run = study.run_config("softsort", study.backbones[0], 1, "seed-1", {})
     assert run.estimator.init != "oracle" and run.trainer.log_dir.endswith("softsort/seed-1")
 
 
@@ -251,12 +321,12 @@ def test_a_killed_workers_trial_is_failed_by_its_heartbeat_and_retried(tmp_path,
     cfg = study_config(tmp_path, "study.methods=[softsort]", "study.n_trials=1",
                        "study.start_from_defaults=false")  # fmt: skip
     with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna: ask() outside optimize()
-        killed = Study(cfg).optuna_study("softsort").ask()  # RUNNING, as if its worker died
+        killed = Study(cfg).optuna_study("softsort", "txl").ask()  # RUNNING, as if its worker died
     killed.suggest_float("estimator.lr", 0.02, 0.5, log=True)
     study = Study(cfg)
     study.storage.record_heartbeat(killed._trial_id)
     Study(cfg).run()
-    found = trials(tmp_path, "smoke/softsort")
+    found = trials(tmp_path, "smoke/txl/softsort")
     assert found[0].state == TrialState.FAIL and "fail_reason" not in found[0].user_attrs
     assert found[1].user_attrs["retry_of"] == 0 and found[1].state == TrialState.COMPLETE
     assert found[1].params["estimator.lr"] == found[0].params["estimator.lr"]
