@@ -383,7 +383,8 @@ def write_report(
         f"Run config overrides: `{' '.join(s.overrides)}`  ",
         f"Search: {s.n_trials} Optuna trials per learned method and backbone ({s.sampler.name} "
         f"sampler, {s.pruner.name} pruner) on seed {s.seed}; then every method re-run on seeds "
-        f"{seeds}, the same seeds for every method (a seed fixes the data, init and sampling), so "
+        f"{seeds}, the same seeds for every method (a seed fixes the initialization, the sampling "
+        f"and the batch order; the data too unless the overrides pin `data.options.seed`), so "
         f"differences are paired by seed. The numbers never include the search's own runs.  ",
         f"Protocols: {', '.join(protocols)}. *curriculum*: each seed run trains the best config "
         f"through REOrder's curriculum (fixed order, policy, frozen order). *retrain*: the order "

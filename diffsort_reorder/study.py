@@ -1,13 +1,17 @@
-"""The study: which estimator learns the best patch order, against fixed scans and priors.
+"""The study: which estimator learns the best patch order, for which backbone, against fixed
+scans and priors.
 
 ``python -m diffsort_reorder.study [study=<name>] [study.key=value ...]`` is a Hydra app
-(``configs/study.yaml``). For every learned method Optuna searches the space in
-``configs/space/`` (one Optuna study per method, in one storage); each trial's run config is
-composed with Hydra's compose API from ``configs/config.yaml`` and run by :func:`train`, which
-reports the validation accuracy every epoch to the pruner. Fixed orders (scan orders, priors) are
-not searched. Then every method's best config is re-run with ``study.seeds`` fresh seeds, and
-:mod:`diffsort_reorder.report` writes ``report.md``, ``results.csv``, ``comparison.png`` and
-``orders.png``. The path of ``report.md`` is printed last.
+(``configs/study.yaml``). For every backbone in ``study.backbones`` and every learned method,
+Optuna searches the space in ``configs/space/`` (one Optuna study per backbone and method, in one
+storage); each trial's run config is composed with Hydra's compose API from
+``configs/config.yaml`` and run by :func:`train`, which reports the validation accuracy every
+epoch to the pruner. Fixed orders (scan orders, priors) are not searched. Then every method is
+re-run on the same seeds (so results pair by seed) under each protocol: ``curriculum`` re-runs the
+best config's whole curriculum, ``retrain`` freezes the order the best trial learned and trains a
+fresh model on it. :mod:`diffsort_reorder.report` writes ``report.md``, ``results.csv`` (with
+paired differences and their intervals) and the figures. The path of ``report.md`` is printed
+last.
 
 Re-running the same command resumes: finished trials and seed runs are kept, and a trial that was
 interrupted (Ctrl-C, a killed worker) is run again with its parameters from its last checkpoint. A
@@ -24,7 +28,6 @@ import functools
 import inspect
 import json
 import logging
-import math
 import shutil
 import signal
 import sys
@@ -51,11 +54,11 @@ from .methods import (
     list_methods,
 )
 from .report import best_trial, write_report
+from .space import check_space, first_point, in_space, override_value, suggest
 from .train import check_config, show_progress, train
 
 # Failures that end one trial (FAIL, with the reason) and let the study go on.
 TRIAL_ERRORS = (FloatingPointError, torch.OutOfMemoryError)
-SPACE_TYPES = ("float", "int", "categorical")
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
 PRUNERS = {
     "median": optuna.pruners.MedianPruner,
@@ -93,67 +96,6 @@ def check_methods(methods) -> list[str]:
     if duplicates:
         raise ValueError(f"'study.methods' names {duplicates} more than once")
     return methods
-
-
-def check_space(method: str, space) -> dict[str, dict]:
-    """The search space of ``method`` as ``{config key: spec}``, each spec checked."""
-    if space is None or not len(space):
-        raise ValueError(
-            f"learned method {method!r} has no search space; add 'space.{method}' "
-            f"(configs/space/) or remove it from 'study.methods'"
-        )
-    checked = {}
-    for key, spec in space.items():
-        where = f"'space.{method}.{key}'"
-        spec = OmegaConf.to_container(spec) if isinstance(spec, DictConfig) else spec
-        if not isinstance(spec, dict) or spec.get("type") not in SPACE_TYPES:
-            raise ValueError(f"{where} should be a mapping with type one of {SPACE_TYPES}: {spec}")
-        if spec["type"] == "categorical":
-            choices = spec.get("choices")
-            if not isinstance(choices, list) or not choices:
-                raise ValueError(f"{where} has no choices (an empty search space): {spec}")
-            if key.endswith(".init"):
-                check_start_orders(where, choices)
-        else:
-            low, high = spec.get("low"), spec.get("high")
-            if not all(isinstance(v, (int, float)) for v in (low, high)) or not low < high:
-                raise ValueError(f"{where} needs low < high (an empty range otherwise): {spec}")
-            if spec.get("log") and low <= 0:
-                raise ValueError(f"{where} is log-scaled, so low should be > 0: {spec}")
-        checked[key] = spec
-    return checked
-
-
-def first_point(space: dict[str, dict]) -> dict:
-    """A point of the space (each range's low end, each first choice), for checking configs."""
-    return {
-        k: s["choices"][0] if s["type"] == "categorical" else s["low"] for k, s in space.items()
-    }
-
-
-def in_space(value, spec: dict) -> bool:
-    if spec["type"] == "categorical":
-        return value in spec["choices"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return spec["low"] <= value <= spec["high"] and (spec["type"] == "float" or value == int(value))
-
-
-def suggest(trial: optuna.Trial, key: str, spec: dict):
-    if spec["type"] == "categorical":
-        return trial.suggest_categorical(key, spec["choices"])
-    if spec["type"] == "int":
-        return trial.suggest_int(key, spec["low"], spec["high"], step=spec.get("step", 1),
-                                 log=spec.get("log", False))  # fmt: skip
-    return trial.suggest_float(key, spec["low"], spec["high"], log=spec.get("log", False))
-
-
-def override_value(value) -> str:
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else str(value)  # nan, inf: Hydra's spelling
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
 
 
 def _build(kind: str, table: dict, cfg, **extra):

@@ -6,8 +6,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_runs import tiny
 
-from diffsort_reorder.config import compose_config
 from diffsort_reorder.data import patchify
 from diffsort_reorder.train import (
     batches,
@@ -18,15 +18,7 @@ from diffsort_reorder.train import (
     train_step,
 )
 
-TINY = [
-    "data.options.num_train=64",
-    "data.options.num_val=32",
-    "data.options.grid_size=4",
-    "data.options.num_keys=2",
-    "+backbone.options.dim=32",
-    "+backbone.options.depth=1",
-    "trainer.batch_size=16",
-    "trainer.progress=false",
+POLICY = [
     "trainer.grad_clip=0.5",
     "method=plackett_luce",
     "estimator.hparams.samples=image",  # per-image advantages are non-zero from the first step
@@ -36,7 +28,7 @@ TAU = 0.02  # ramp logits 1/15 apart: the sampled order still varies, 1/tau = 50
 
 def policy_run(tmp_path, *overrides):
     seed_everything(0)
-    run = build_run(compose_config([*TINY, f"output_dir={tmp_path}", *overrides]))
+    run = build_run(tiny(tmp_path, *POLICY, *overrides))
     run.orderer.train()
     run.orderer.tau = TAU
     return run
@@ -83,5 +75,5 @@ def test_estimator_grad_clip_clips_the_orderer(tmp_path):
 )
 def test_bad_clip_or_amp_is_refused_before_training(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
-        train(compose_config([*TINY, f"output_dir={tmp_path}", override]))
+        train(tiny(tmp_path, *POLICY, override))
     assert not (tmp_path / "checkpoint.pt").exists()

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tiny_runs import tiny
 
-from diffsort_reorder.config import CONFIG_DIR, compose_config
+from diffsort_reorder.config import CONFIG_DIR
 from diffsort_reorder.train import train, use_amp
 from estimators import create_estimator, list_estimators
 from estimators.registry import ESTIMATORS
@@ -90,19 +91,7 @@ def test_amp_setting():
         use_amp(1, torch.device("cpu"))
 
 
-TINY = [
-    "trainer=debug",
-    "trainer.epochs=2",
-    "trainer.curriculum.fixed_epochs=1",
-    "data.options.num_train=64",
-    "data.options.num_val=32",
-    "data.options.grid_size=4",
-    "data.options.num_keys=2",
-    "+backbone.options.dim=32",
-    "+backbone.options.depth=1",
-    "trainer.batch_size=16",
-    "trainer.progress=false",
-]
+CURRICULUM = ["trainer.epochs=2", "trainer.curriculum.fixed_epochs=1"]
 
 
 # One per kind: scan, prior, training-free probe, pathwise, score-function, doubly stochastic,
@@ -113,11 +102,8 @@ TINY = [
      "gumbel_sinkhorn", "saliency"],
 )  # fmt: skip
 def test_amp_training_run_on_cpu(tmp_path, method):
-    cfg = compose_config([*TINY, f"method={method}", "trainer.amp=true", f"output_dir={tmp_path}"])
-    result = train(cfg)
+    result = train(tiny(tmp_path, *CURRICULUM, f"method={method}", "trainer.amp=true"))
     assert result["finished"] and math.isfinite(result["val_loss"])
-    reference = train(
-        compose_config([*TINY, f"method={method}", f"output_dir={tmp_path / 'fp32'}"])
-    )
+    reference = train(tiny(tmp_path / "fp32", *CURRICULUM, f"method={method}"))
     # bf16 training is not bit-identical, but it learns the same task on the same data.
     assert abs(result["val_loss"] - reference["val_loss"]) < 0.5

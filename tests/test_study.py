@@ -288,7 +288,9 @@ def test_journal_storage_for_several_workers(tmp_path):
     assert not (tmp_path / "study.db").exists()
 
 
-@pytest.mark.parametrize("name", ["default", "digits", "cifar10_gpu", "imagefolder_gpu"])
+@pytest.mark.parametrize(
+    "name", ["default", "digits", "digits_long", "backbones", "cifar10_gpu", "imagefolder_gpu"]
+)
 def test_every_study_file_composes_its_runs(tmp_path, monkeypatch, name):
     """Each study's run configs compose and its estimators start from a scan order or a prior
     (the GPU studies are given a data folder; nothing trains)."""
@@ -300,7 +302,7 @@ def test_every_study_file_composes_its_runs(tmp_path, monkeypatch, name):
         config_name="study",
     )
     study = Study(cfg)
-    assert set(study.methods) >= {"row_major", "softsort", "compression_prior"}
+    assert set(study.methods) >= {"row_major", "softsort"}
     run = study.run_config("softsort", study.backbones[0], 1, "seed-1", {})
     assert run.estimator.init != "oracle" and run.trainer.log_dir.endswith("softsort/seed-1")
 

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tiny_runs import TINY, tiny
 
 from diffsort_reorder import train as train_module
 from diffsort_reorder.checkpoint import load
@@ -12,23 +13,6 @@ from diffsort_reorder.config import compose_config
 from diffsort_reorder.methods import list_methods
 from diffsort_reorder.train import lr_factor, phase_at, train
 from estimators import list_estimators
-
-# A run of a few seconds: 4x4 patch grid, 64 training images, a one-block backbone.
-TINY = [
-    "trainer=debug",
-    "data.options.num_train=64",
-    "data.options.num_val=32",
-    "data.options.grid_size=4",
-    "data.options.num_keys=2",
-    "+backbone.options.dim=32",
-    "+backbone.options.depth=1",
-    "trainer.batch_size=16",
-    "trainer.progress=false",
-]
-
-
-def tiny(tmp_path, *overrides):
-    return compose_config([*TINY, f"output_dir={tmp_path}", *overrides])
 
 
 def test_lr_warmup_then_cosine():
