@@ -111,6 +111,11 @@ def is_per_image(method: str) -> bool:
     return kind == "probe" or (kind == "learned" and not ESTIMATORS[method].is_global)
 
 
+def learns_one_order(method: str) -> bool:
+    """A learned method with one order for every image: what the retrain protocol freezes."""
+    return is_learned(method) and not is_per_image(method)
+
+
 def is_fixed(method: str) -> bool:
     """A scan order or a prior: one order for every image, known before training."""
     return kind_of(method) in ("scan", "prior")

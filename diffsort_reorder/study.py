@@ -50,7 +50,7 @@ from .methods import (
     check_not_oracle,
     check_start_orders,
     is_learned,
-    is_per_image,
+    learns_one_order,
     list_methods,
 )
 from .report import best_trial, write_report
@@ -247,6 +247,13 @@ class Study:
                 f"{where}: the {backbone} run config for {method!r} does not compose: {err}"
             ) from err
         check_config(cfg)
+        options = cfg.data.get("options") or {}
+        if "retrain" in self.protocols and "task_seed" in options and options.task_seed is None:
+            raise ValueError(
+                f"'study.protocol' retrain evaluates an order learned on seed {self.s.seed} on "
+                f"other seeds, but data {cfg.data.name!r} draws a new task (its key patches) from "
+                f"every seed; pin it with 'data.options.task_seed=<int>' in 'study.overrides'"
+            )
         est = cfg.get("estimator")
         if est is not None:
             check_start_orders(f"{method!r}'s estimator.init", [est.init])
@@ -264,7 +271,7 @@ class Study:
     def total_runs(self) -> int:
         per_backbone = len(self.spaces) * self.s.n_trials + len(self.methods) * len(self.seeds)
         if "retrain" in self.protocols and "curriculum" in self.protocols:
-            per_backbone += sum(map(retrains, self.methods)) * len(self.seeds)
+            per_backbone += sum(map(learns_one_order, self.methods)) * len(self.seeds)
         return per_backbone * len(self.backbones)
 
     # --- search
@@ -391,7 +398,7 @@ class Study:
         whole curriculum, or (``retrain``, global learned orders) that trial's learned order
         frozen for a fresh model. Fixed orders and per-image methods run the same either way."""
         params = best.params if best is not None else {}
-        order = learned_order(best) if protocol == "retrain" and retrains(method) else None
+        order = learned_order(best) if protocol == "retrain" and learns_one_order(method) else None
         return [self.seed_run(method, backbone, params, seed, order) for seed in self.seeds]
 
     def run(self) -> Path:
@@ -423,11 +430,6 @@ class Study:
             self.output_dir, self.cfg, searches, results,
             wall_seconds=time.perf_counter() - started,
         )  # fmt: skip
-
-
-def retrains(method: str) -> bool:
-    """Whether the retrain protocol freezes ``method``'s learned order (a global estimator)."""
-    return is_learned(method) and not is_per_image(method)
 
 
 def learned_order(trial: optuna.trial.FrozenTrial) -> list[int]:

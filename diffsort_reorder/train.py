@@ -334,10 +334,13 @@ def order_tokens(run: Run, patches: torch.Tensor):
     if not blocks and probe is None:
         return run.orderer(tokens), None
     started = time.perf_counter()
-    if probe is not None:
-        features = SALIENCY_PROBES[probe](run.model, tokens)  # (B, N)
-    else:
-        features = run.model.early_features(tokens, blocks)  # (B, N, D)
+    # The pass that scores patches runs in float32 whatever autocast says, as the estimators do:
+    # an order is decided by score differences below bf16's resolution.
+    with torch.autocast(run.device.type, enabled=False):
+        if probe is not None:
+            features = SALIENCY_PROBES[probe](run.model, tokens.float())  # (B, N)
+        else:
+            features = run.model.early_features(tokens.float(), blocks)  # (B, N, D)
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     early_ms = 1e3 * (time.perf_counter() - started)

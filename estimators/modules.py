@@ -40,8 +40,10 @@ class _Reinforce:
     ``ema``: an exponential moving average of the mean reward (``momentum``; REOrder's).
     ``rloo``: leave-one-out over the ``K`` permutations drawn in the same step (Kool et al. 2019,
     "Buy 4 REINFORCE samples, get a baseline for free"): each permutation's reward is compared with
-    the mean reward of the other ``K - 1``, which cancels what the step's images share (their
-    difficulty) and keeps the estimator unbiased, since the other samples are independent of it.
+    the mean reward of the other ``K - 1``. That tracks the current policy and cancels whatever
+    moves all of a step's rewards together (the model improving, a hard batch), and it keeps the
+    estimator unbiased, since the other samples are independent of it; per-image differences
+    between the groups remain. A step with one sample (a batch of one) contributes no term.
     """
 
     def init_reinforce(
@@ -73,11 +75,8 @@ class _Reinforce:
         counts = torch.bincount(groups, minlength=k).to(reward.dtype)  # (K,)
         group_reward = torch.zeros_like(counts).index_add_(0, groups, reward) / counts  # (K,)
         if self.baseline_kind == "rloo":
-            if k < 2:
-                raise ValueError(
-                    "baseline='rloo' needs at least 2 permutations per step but this batch has "
-                    f"{reward.numel()} sample(s)"
-                )
+            if k < 2:  # a batch of one image (an epoch's last): no other sample to compare with
+                return log_prob.sum() * 0.0
             baseline = (group_reward.sum() - group_reward) / (k - 1)  # (K,): the others' mean
         else:
             if not bool(self.baseline_ready):

@@ -86,11 +86,11 @@ def test_smoke_study_end_to_end(tmp_path):
         assert row["significant"] == str(float(row["delta_ci_low"]) > 0
                                          or float(row["delta_ci_high"]) < 0)  # fmt: skip
     # vit reads all patches with attention and patch position embeddings: order-invariant.
+    # (the same up to float summation order: at most one validation image apart per seed)
+    base = [float(v) for v in rows["retrain", "vit", "row_major"]["val_accs"].split()]
     for method in methods:
-        assert (
-            rows["retrain", "vit", method]["val_accs"]
-            == rows["retrain", "vit", "row_major"]["val_accs"]
-        )
+        accs = [float(v) for v in rows["retrain", "vit", method]["val_accs"].split()]
+        assert all(abs(a - b) <= 1 / 64 + 1e-9 for a, b in zip(accs, base, strict=True))
     for method in ("softsort", "plackett_luce"):
         found = trials(out, f"smoke/txl/{method}")
         assert len(found) == cfg.study.n_trials
@@ -245,6 +245,8 @@ def test_seed_runs_are_reused_when_rerun(tmp_path, monkeypatch):
          "'study.protocol' should be one of ('curriculum', 'retrain') (or a list of them, each "
          "once) but got 'finetune'"),
         (["study.protocol=[retrain,retrain]"], None, "'study.protocol' should be one of"),
+        (["study.protocol=retrain", "study.overrides=['data=planted','data.options.grid_size=4']"],
+         None, "pin it with 'data.options.task_seed=<int>'"),
         (["study.backbones=[txl,rnn]"], None, "'study.backbones' should list distinct backbones "
          "out of ['local', 'mamba', 'txl', 'vit'] (or be null) but names unknown ['rnn']"),
         (["study.backbones=[txl,vit,txl]"], None, "'study.backbones' should list distinct "

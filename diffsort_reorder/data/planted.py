@@ -156,13 +156,17 @@ def planted(
     num_classes: int | None = None,
     noise: float = 0.1,
     seed: int = 0,
+    task_seed: int | None = None,
 ) -> tuple[PlantedDataset, PlantedDataset]:
-    """Build the train and val splits of the planted task; ``seed`` fixes everything."""
+    """Build the train and val splits of the planted task. ``task_seed`` fixes the task (the key
+    positions and the symbol codebook), ``seed`` the images drawn from it; ``task_seed=None``
+    takes ``seed`` for both. A study pins ``task_seed``, so every seed run learns the same task
+    from images of its own, and an order learned on one seed can be evaluated on another."""
     num_tokens = grid_size * grid_size
     num_classes = check_options(num_train, num_val, grid_size, patch_size, channels, num_keys,
                                 num_symbols, num_classes, noise)  # fmt: skip
 
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed if task_seed is None else task_seed)
     key_positions = torch.randperm(num_tokens, generator=generator)[:num_keys].sort().values
     codebook = _draw_codebook(num_symbols, channels, patch_size, generator)
 
