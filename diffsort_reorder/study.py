@@ -257,6 +257,17 @@ class Study:
         est = cfg.get("estimator")
         if est is not None:
             check_start_orders(f"{method!r}'s estimator.init", [est.init])
+        # Each choice of an estimator setting, so that none fails later inside a trial.
+        for key, spec in (self.spaces.get(method) or {}).items():
+            if spec["type"] == "categorical" and key.startswith("estimator.hparams."):
+                for choice in spec["choices"][1:]:
+                    point = {**params, key: choice}
+                    try:
+                        check_config(self.run_config(method, backbone, self.s.seed, "check", point))
+                    except ValueError as err:
+                        raise ValueError(
+                            f"'space.{method}.{key}' offers {choice!r}: {err}"
+                        ) from err
 
     # --- progress
     def tick(self, line: str) -> None:

@@ -256,6 +256,11 @@ def test_seed_runs_are_reused_when_rerun(tmp_path, monkeypatch):
           "+study.method_overrides.plackett_luce_rloo=['estimator.hparams.num_samples=1']"],
          {"plackett_luce_rloo": {"estimator.lr": {"type": "float", "low": 0.1, "high": 1.0}}},
          "'num_samples' should be >= 2 with baseline='rloo'"),
+        (["study.methods=[row_major,plackett_luce_rloo]"],
+         {"plackett_luce_rloo": {"estimator.hparams.num_samples": {"type": "categorical",
+                                                                   "choices": [4, 1]}}},
+         "'space.plackett_luce_rloo.estimator.hparams.num_samples' offers 1: 'num_samples' "
+         "should be >= 2 with baseline='rloo'"),
         (["study.methods=[row_major,plackett_luce]",
           "+study.method_overrides.plackett_luce=['estimator.grad_clip=-1']"], None,
          "'estimator.grad_clip' should be a number > 0 or null (no clip) but got -1"),
