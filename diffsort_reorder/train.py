@@ -183,6 +183,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     steps_per_epoch: int
+    clip_limits: dict[str, float]  # max gradient norm per part: model, orderer (inf: no clip)
 
     def autocast(self):
         """bf16 autocast where ``trainer.amp`` asks for it (auto: CUDA only). Estimators compute
@@ -195,13 +196,8 @@ class Run:
         """Clip the model's and the orderer's gradients each by its own norm (as REOrder): a
         score-function gradient scales like 1/tau and, clipped jointly, would shrink the model's
         step. Returns both norms before clipping."""
-        est = self.cfg.get("estimator") or {}
-        limits = {
-            "model": check_clip("trainer.grad_clip", self.cfg.trainer.grad_clip),
-            "orderer": check_clip("estimator.grad_clip", est.get("grad_clip")),
-        }
         norms = {}
-        for part, limit in limits.items():
+        for part, limit in self.clip_limits.items():
             params = [p for p in getattr(self, part).parameters() if p.grad is not None]
             norms[part] = (
                 torch.nn.utils.clip_grad_norm_(params, limit) if params else torch.zeros(())
@@ -282,7 +278,7 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def build_run(cfg: DictConfig) -> Run:
-    t, data_cfg = cfg.trainer, cfg.data
+    t, data_cfg, est = cfg.trainer, cfg.data, cfg.get("estimator")
     check_config(cfg)
     device = resolve_device(t.device)
     options = OmegaConf.to_container(data_cfg.options, resolve=True) or {}
@@ -321,8 +317,12 @@ def build_run(cfg: DictConfig) -> Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, [model_lr, model_lr] + [constant_lr] * (len(groups) - 2)
     )
+    clip_limits = {
+        "model": check_clip("trainer.grad_clip", t.grad_clip),
+        "orderer": check_clip("estimator.grad_clip", (est or {}).get("grad_clip")),
+    }
     return Run(cfg, device, train_set, val_set, grid, model, orderer, optimizer, scheduler,
-               steps_per_epoch)  # fmt: skip
+               steps_per_epoch, clip_limits)  # fmt: skip
 
 
 def order_tokens(run: Run, patches: torch.Tensor):

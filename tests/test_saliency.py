@@ -2,25 +2,15 @@
 
 import pytest
 import torch
+from tiny_runs import TINY as SHARED_TINY
 
 from diffsort_reorder.config import compose_config
 from diffsort_reorder.data import create_dataset, patchify
 from diffsort_reorder.train import build_run, order_tokens, train, train_step
 from estimators import create_estimator
 
-TINY = [
-    "data=planted_moving",
-    "data.options.num_train=64",
-    "data.options.num_val=32",
-    "data.options.grid_size=4",
-    "data.options.num_keys=2",
-    "+backbone.options.dim=32",
-    "+backbone.options.depth=1",
-    "backbone.options.segment=8",
-    "trainer=debug",
-    "trainer.batch_size=16",
-    "trainer.progress=false",
-]
+# The shared tiny run, on the moving task, with segments of 8 patches.
+TINY = [*SHARED_TINY, "data=planted_moving", "backbone.options.segment=8"]
 
 
 def test_planted_moving_keys_move_and_are_marked():
