@@ -49,3 +49,24 @@ def tau_at(
         raise ValueError(f"need 0 <= tau_min <= tau_max but got {tau_min}, {tau_max}")
     progress = step / (total_steps - 1) if total_steps > 1 else 1.0
     return tau_min + (tau_max - tau_min) * TAU_SCHEDULES[kind](progress)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """The learning rate's factor at ``step``: linear warm-up to 1, then cosine decay to 0 at
+    ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def constant_lr(step: int) -> float:
+    """A factor of 1 at every step (the orderer's learning rate)."""
+    return 1.0
+
+
+def phase_at(epoch: int, fixed_epochs: int, policy_epochs: int) -> str:
+    """REOrder's curriculum: ``fixed`` (initial order), ``policy`` (learning it), ``frozen``."""
+    if epoch < fixed_epochs:
+        return "fixed"
+    return "policy" if epoch < fixed_epochs + policy_epochs else "frozen"

@@ -54,8 +54,9 @@ from .methods import (
     list_methods,
 )
 from .report import best_trial, write_report
+from .runtime import show_progress
 from .space import check_space, first_point, in_space, override_value, suggest
-from .train import check_config, show_progress, train
+from .train import check_config, train
 
 # Failures that end one trial (FAIL, with the reason) and let the study go on.
 TRIAL_ERRORS = (FloatingPointError, torch.OutOfMemoryError)

@@ -14,16 +14,12 @@ import functools
 import inspect
 import json
 import math
-import os
-import random
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
@@ -32,7 +28,6 @@ from tqdm import tqdm
 from estimators import create_estimator
 from estimators.registry import ESTIMATORS
 
-from . import __version__
 from .backbones import create_backbone
 from .checkpoint import load, save_atomic
 from .config import compose_config, to_yaml
@@ -40,7 +35,16 @@ from .data import create_dataset, grid_shape, key_recall, patchify
 from .methods import build_orderer
 from .model import PatchSequenceModel
 from .runlog import RunLogger
-from .schedules import tau_at
+from .runtime import (
+    code_version,
+    resolve_device,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    show_progress,
+    use_amp,
+)
+from .schedules import constant_lr, lr_factor, phase_at, tau_at
 
 CHECKPOINT = "checkpoint.pt"
 # What a training-free orderer's ``probe`` asks the model for: a saliency (B, N) per image.
@@ -50,84 +54,6 @@ SALIENCY_PROBES = {
 }
 # Keys that may differ when resuming: how the run is driven, not what it computes.
 RUNTIME_KEYS = ("resume", "stop_after_epochs", "progress", "log_dir")
-
-
-def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Linear warm-up to 1, then cosine decay to 0 at ``total_steps``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def constant_lr(step: int) -> float:
-    return 1.0
-
-
-def phase_at(epoch: int, fixed_epochs: int, policy_epochs: int) -> str:
-    """REOrder's curriculum: ``fixed`` (initial order), ``policy`` (learning it), ``frozen``."""
-    if epoch < fixed_epochs:
-        return "fixed"
-    return "policy" if epoch < fixed_epochs + policy_epochs else "frozen"
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002  (libraries may draw from numpy's global RNG)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),  # noqa: NPY002
-        "random": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
-    random.setstate(state["random"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def code_version() -> str:
-    """The git commit of the code that ran (``+dirty`` with local changes), else the version."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
-                                capture_output=True, text=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True).stdout.strip()  # fmt: skip
-        return f"{commit}{'+dirty' if dirty else ''}"
-    except (OSError, subprocess.CalledProcessError):
-        return __version__
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            "'trainer.device' is 'cuda' but no CUDA device is available; use auto or cpu"
-        )
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"'trainer.device' should be auto, cpu or cuda but got {name!r}")
-    return torch.device(name)
-
-
-def use_amp(setting, device: torch.device) -> bool:
-    """``trainer.amp``: ``auto`` (bf16 on CUDA, off on CPU), ``true`` (bf16 on either) or false."""
-    if setting == "auto":
-        return device.type == "cuda"
-    if isinstance(setting, bool):
-        return setting
-    raise ValueError(f"'trainer.amp' should be auto, true or false but got {setting!r}")
 
 
 def check_clip(key: str, value) -> float:
@@ -150,12 +76,6 @@ def batches(dataset, batch_size: int, generator: torch.Generator | None):
         else:
             items = [dataset[int(i)] for i in idx]
             yield torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
-
-
-def show_progress(setting) -> bool:
-    if setting == "auto":
-        return sys.stderr.isatty() and not os.environ.get("CI")
-    return bool(setting)
 
 
 def _check_resumable(saved: dict, cfg: dict, path: Path) -> None:

@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from tiny_runs import tiny
 
 from diffsort_reorder.config import CONFIG_DIR
-from diffsort_reorder.train import train, use_amp
+from diffsort_reorder.runtime import use_amp
+from diffsort_reorder.train import train
 from estimators import create_estimator, list_estimators
 from estimators.registry import ESTIMATORS
 

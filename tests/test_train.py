@@ -11,7 +11,8 @@ from diffsort_reorder import train as train_module
 from diffsort_reorder.checkpoint import load
 from diffsort_reorder.config import compose_config
 from diffsort_reorder.methods import list_methods
-from diffsort_reorder.train import lr_factor, phase_at, train
+from diffsort_reorder.schedules import lr_factor, phase_at
+from diffsort_reorder.train import train
 from estimators import list_estimators
 
 

@@ -20,7 +20,8 @@ from estimators import list_estimators
 
 from ..config import compose_config
 from ..data import patchify
-from ..train import build_run, seed_everything, train_step
+from ..runtime import seed_everything
+from ..train import build_run, train_step
 from . import markdown_table
 
 GRIDS = {64: 8, 196: 14}
