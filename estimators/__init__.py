@@ -7,7 +7,8 @@ descending (slot 0 gets the highest score); ``tau`` is the temperature (smaller 
 
 from . import modules as _modules  # noqa: F401  (registers the estimators)
 from . import saliency as _saliency  # noqa: F401
-from .modules import PermutationEstimator, ramp_scores
+from .modules import PermutationEstimator, Wants
+from .modules import ramp_scores as ramp_scores
 from .permutation import PermutationOutput, apply_permutation, hard_permutation
 from .plackett_luce import (
     plackett_luce_log_prob,
@@ -15,36 +16,32 @@ from .plackett_luce import (
     plackett_luce_sequential_entropy,
 )
 from .registry import create_estimator, list_estimators, register_estimator
-from .sinkhorn import (
-    SinkhornConvergenceWarning,
-    gumbel_sinkhorn,
-    marginal_error,
-    sample_gumbel,
-    sinkhorn,
-    sinkhorn_ref,
-)
+from .sinkhorn import SinkhornConvergenceWarning, gumbel_sinkhorn, sinkhorn
+from .sinkhorn import marginal_error as marginal_error
+from .sinkhorn import sample_gumbel as sample_gumbel
+from .sinkhorn import sinkhorn_ref as sinkhorn_ref
 from .sorting import neuralsort, ot_sort, soft_rank_permutation, softsort, sort_permutation
 
+# The public API. References and helpers (``sinkhorn_ref``, ``sample_gumbel``,
+# ``marginal_error``, ``ramp_scores``) stay importable from here for existing callers but belong
+# to their submodules (``from estimators.sinkhorn import sinkhorn_ref``).
 __all__ = [
     "PermutationEstimator",
     "PermutationOutput",
     "SinkhornConvergenceWarning",
+    "Wants",
     "apply_permutation",
     "create_estimator",
     "gumbel_sinkhorn",
     "hard_permutation",
     "list_estimators",
-    "marginal_error",
     "neuralsort",
     "ot_sort",
     "plackett_luce_log_prob",
     "plackett_luce_sample",
     "plackett_luce_sequential_entropy",
-    "ramp_scores",
     "register_estimator",
-    "sample_gumbel",
     "sinkhorn",
-    "sinkhorn_ref",
     "soft_rank_permutation",
     "softsort",
     "sort_permutation",

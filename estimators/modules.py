@@ -7,20 +7,26 @@ sample task loss)``, and ``est.tau`` may be set every step.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from ._checks import check_count, check_float_tensor, check_permutation_index, check_positive
-from .permutation import PermutationOutput, apply_permutation, hard_permutation
-from .plackett_luce import (
-    plackett_luce_log_prob,
-    plackett_luce_sample,
-    plackett_luce_sequential_entropy,
+from ._checks import (
+    check_count,
+    check_float_tensor,
+    check_nonnegative,
+    check_permutation_index,
+    check_positive,
+    check_real,
 )
+from .permutation import PermutationOutput, _permute_tokens, apply_permutation, hard_permutation
+from .plackett_luce import _log_prob, _sequential_entropy, plackett_luce_sample
 from .registry import register_estimator
 from .sinkhorn import BACKWARDS, gumbel_sinkhorn, marginal_error
 from .sorting import (
     REGULARIZATIONS,
+    import_torchsort,
     neuralsort,
     ot_sort,
     soft_rank_permutation,
@@ -49,13 +55,11 @@ class _Reinforce:
     def init_reinforce(
         self, momentum: float, entropy_weight: float = 0.0, baseline: str = "ema"
     ) -> None:
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"'momentum' should lie in [0, 1) but got {momentum}")
-        if entropy_weight < 0:
-            raise ValueError(f"'entropy_weight' should be >= 0 but got {entropy_weight}")
+        momentum = check_real("momentum", momentum, 0.0, 1.0, high_open=True)
+        entropy_weight = check_nonnegative("entropy_weight", entropy_weight)
         if baseline not in BASELINES:
             raise ValueError(f"'baseline' should be one of {BASELINES} but got {baseline!r}")
-        self.momentum, self.entropy_weight = float(momentum), float(entropy_weight)
+        self.momentum, self.entropy_weight = momentum, entropy_weight
         self.baseline_kind = baseline
         self.register_buffer("baseline", torch.zeros(()))
         self.register_buffer("baseline_ready", torch.zeros((), dtype=torch.bool))
@@ -110,6 +114,28 @@ def _soft_aux(P: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
+@dataclass(frozen=True)
+class Wants:
+    """What an estimator asks the model for before it orders the tokens; the training loop
+    answers with ``model.answer(wants, tokens)`` and passes it as ``forward(tokens, features)``.
+
+    ``kind``: ``"nothing"`` (the tokens suffice), ``"blocks"`` (the hidden states ``(B, N, D)``
+    after the backbone's first ``blocks`` blocks, on the canonical order) or ``"saliency"`` (a
+    training-free saliency ``(B, N, 1)`` of the model, from ``probe``: ``"gradient"`` or
+    ``"attention"``). Either way ``features`` is ``(B, N, F)``.
+    """
+
+    kind: str = "nothing"
+    blocks: int = 0
+    probe: str = ""
+
+    KINDS = ("nothing", "blocks", "saliency")
+
+    def __post_init__(self) -> None:
+        if self.kind not in self.KINDS:
+            raise ValueError(f"'kind' should be one of {self.KINDS} but got {self.kind!r}")
+
+
 class PermutationEstimator(nn.Module):
     """Base of every estimator: ``num_tokens``, a settable ``tau`` and an ``init_order`` that eval
     returns exactly until training moves it.
@@ -121,24 +147,29 @@ class PermutationEstimator(nn.Module):
 
     doubly_stochastic = False  # whether ``out.soft`` also has unit column sums
     is_global = True  # one order for every image (``order()``); False: an order per image
-    feature_blocks = 0  # early backbone blocks whose output ``forward(..., features=)`` wants
+    wants = Wants()  # what ``forward(tokens, features)`` needs from the model: nothing here
+    # Keyword arguments beyond ``num_tokens`` that ``create_estimator`` must be given, each with
+    # what it means: {"dim": "token width"}.
+    extra_required: dict[str, str] = {}
 
     def __init__(self, num_tokens: int, *, tau: float = 1.0, init_order=None) -> None:
         super().__init__()
         self.num_tokens = check_count("num_tokens", num_tokens)
         self.tau = tau
         if init_order is None:
-            init_order = torch.arange(num_tokens)
+            init_order = torch.arange(self.num_tokens)
         init_order = torch.as_tensor(init_order)
-        check_permutation_index("init_order", init_order, num_tokens)
-        if init_order.dim() != 1 or not torch.equal(
-            init_order.sort().values, torch.arange(num_tokens)
-        ):
-            raise ValueError(f"'init_order' should be a permutation of range({num_tokens})")
+        check_permutation_index("init_order", init_order, self.num_tokens)
+        if init_order.dim() != 1:
+            raise ValueError(
+                f"'init_order' should be one permutation ({self.num_tokens},) but got shape "
+                f"{tuple(init_order.shape)}"
+            )
         self.register_buffer("init_order", init_order.clone())
 
     @property
     def tau(self) -> float:
+        """The temperature (smaller = harder); may be set every step, to any positive real."""
         return self._tau
 
     @tau.setter
@@ -150,6 +181,7 @@ class PermutationEstimator(nn.Module):
         raise NotImplementedError
 
     def check_tokens(self, tokens: torch.Tensor) -> None:
+        """Raise unless ``tokens`` is a floating-point ``(B, num_tokens, D)`` tensor."""
         check_float_tensor("tokens", tokens, min_dim=3)
         if tokens.dim() != 3 or tokens.shape[1] != self.num_tokens:
             raise ValueError(
@@ -159,16 +191,18 @@ class PermutationEstimator(nn.Module):
     def forward(
         self, tokens: torch.Tensor, features: torch.Tensor | None = None
     ) -> PermutationOutput:
-        """``features (B, N, F)``: what per-image estimators score (global ones ignore it)."""
+        """``features (B, N, F)``: the model's answer to :attr:`wants` (global estimators want
+        nothing and ignore it)."""
         self.check_tokens(tokens)
         return self.train_forward(tokens) if self.training else self.hard_output(tokens)
 
     def hard_output(self, tokens: torch.Tensor) -> PermutationOutput:
         """``order()`` applied to every image: what eval returns."""
         index = self.order().to(tokens.device).expand(tokens.shape[0], -1)  # (B, N)
-        return PermutationOutput(apply_permutation(tokens, index=index), index)
+        return PermutationOutput(_permute_tokens(tokens, index), index)
 
     def train_forward(self, tokens: torch.Tensor) -> PermutationOutput:
+        """The estimator's training behaviour on checked ``tokens (B, N, D)``."""
         raise NotImplementedError
 
     def surrogate_loss(self, out: PermutationOutput, per_sample_loss: torch.Tensor):
@@ -176,6 +210,7 @@ class PermutationEstimator(nn.Module):
         return per_sample_loss.new_zeros(())
 
     def extra_repr(self) -> str:
+        """``num_tokens`` and ``tau``, for ``repr(est)``."""
         return f"num_tokens={self.num_tokens}, tau={self.tau:g}"
 
 
@@ -204,19 +239,27 @@ class _ScoreSortEstimator(PermutationEstimator):
 
 @register_estimator("softsort")
 class SoftSortEstimator(_ScoreSortEstimator):
+    """One learned score per token, relaxed by :func:`estimators.softsort`."""
+
     def relax(self, scores):
         return softsort(scores, tau=self.tau, hard=self.hard)
 
 
 @register_estimator("neuralsort")
 class NeuralSortEstimator(_ScoreSortEstimator):
+    """One learned score per token, relaxed by :func:`estimators.neuralsort`."""
+
     def relax(self, scores):
         return neuralsort(scores, tau=self.tau, hard=self.hard)
 
 
 @register_estimator("torchsort")
 class TorchSortEstimator(_ScoreSortEstimator):
+    """One learned score per token, relaxed by :func:`estimators.soft_rank_permutation`
+    (torchsort's soft ranks; needs torchsort installed)."""
+
     def __init__(self, num_tokens, *, tau=1.0, init_order=None, hard=False, regularization="l2"):
+        import_torchsort()  # fail when built, not at the first training step
         super().__init__(num_tokens, tau=tau, init_order=init_order, hard=hard)
         if regularization not in REGULARIZATIONS:
             raise ValueError(
@@ -230,6 +273,9 @@ class TorchSortEstimator(_ScoreSortEstimator):
 
 @register_estimator("ot_sort")
 class OTSortEstimator(_ScoreSortEstimator):
+    """One learned score per token, relaxed by :func:`estimators.ot_sort` (entropic optimal
+    transport, ``n_iters`` Sinkhorn rounds)."""
+
     doubly_stochastic = True
 
     def __init__(
@@ -265,9 +311,7 @@ class GumbelSinkhornEstimator(PermutationEstimator):
     ):  # fmt: skip
         super().__init__(num_tokens, tau=tau, init_order=init_order)
         self.n_iters = check_count("n_iters", n_iters)
-        if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
-            raise ValueError(f"'noise' should be a number >= 0 but got {noise!r}")
-        self.noise = float(noise)
+        self.noise = check_nonnegative("noise", noise)
         self.samples = _check_samples(samples)
         if backward not in BACKWARDS:
             raise ValueError(f"'backward' should be one of {BACKWARDS} but got {backward!r}")
@@ -314,7 +358,7 @@ class PlackettLuceEstimator(_Reinforce, PermutationEstimator):
     ):  # fmt: skip
         super().__init__(num_tokens, tau=tau, init_order=init_order)
         self.samples = _check_samples(samples)
-        self.num_samples = check_count("num_samples", num_samples)
+        self.num_samples = num_samples = check_count("num_samples", num_samples)
         if samples == "image" and num_samples != 1:
             raise ValueError(
                 f"'num_samples' applies to samples='batch' (samples='image' draws one permutation "
@@ -340,11 +384,9 @@ class PlackettLuceEstimator(_Reinforce, PermutationEstimator):
         groups = self.groups(tokens.shape[0], tokens.device)  # (B,)
         draws = plackett_luce_sample(self.logits, int(groups.max()) + 1, self.tau)  # (K, N)
         index = draws.to(tokens.device)[groups]  # (B, N)
-        log_prob = plackett_luce_log_prob(self.logits, index, self.tau)  # (B,), at sampling tau
+        log_prob = _log_prob(self.logits, index, self.tau)  # (B,), at sampling tau
         aux = {"log_prob": log_prob.detach().mean(), "baseline": self.baseline.clone()}
-        return PermutationOutput(
-            apply_permutation(tokens, index=index), index, log_prob=log_prob, aux=aux
-        )
+        return PermutationOutput(_permute_tokens(tokens, index), index, log_prob=log_prob, aux=aux)
 
     def surrogate_loss(self, out: PermutationOutput, per_sample_loss: torch.Tensor):
         if out.log_prob is None:  # an eval (hard, not sampled) output: nothing to reinforce
@@ -352,7 +394,7 @@ class PlackettLuceEstimator(_Reinforce, PermutationEstimator):
         groups = self.groups(out.log_prob.shape[0], out.log_prob.device)
         loss = self.reinforce(out.log_prob, per_sample_loss, groups)
         if self.entropy_weight:
-            entropy = plackett_luce_sequential_entropy(self.logits, out.index[:1], self.tau)
+            entropy = _sequential_entropy(self.logits, out.index[:1], self.tau)
             loss = loss - self.entropy_weight * entropy.mean()
         return loss
 

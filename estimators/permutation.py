@@ -7,9 +7,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
-from ._checks import check_float_tensor, check_permutation_index, check_same_device, check_square
+from ._checks import (
+    check_count,
+    check_float_tensor,
+    check_permutation_index,
+    check_same_device,
+    check_square,
+)
 
 
 @dataclass
@@ -33,6 +38,8 @@ class PermutationOutput:
 def hard_permutation(P: torch.Tensor) -> torch.Tensor:
     """The permutation ``(..., N)`` that maximizes ``sum_i P[i, index[i]]`` (Hungarian algorithm,
     ``scipy.optimize.linear_sum_assignment``), for ``P (..., N, N)``."""
+    from scipy.optimize import linear_sum_assignment  # scipy loads on first use, not on import
+
     check_square("P", P)
     n = P.shape[-1]
     flat = P.detach().reshape(-1, n, n).to("cpu", torch.float64).numpy()
@@ -50,21 +57,21 @@ def apply_permutation(
 ) -> torch.Tensor:
     """Reorder the tokens of ``x (B, T, D)`` after its first ``num_prefix_tokens`` (e.g. a CLS
     token, which never moves), by a hard ``index`` (``(N,)`` or ``(B, N)``: slot ``i`` takes token
-    ``index[i]``) or a soft ``soft`` (``(N, N)`` or ``(B, N, N)``: ``x_out = soft @ x``)."""
+    ``index[i]``; every row must be a permutation of ``range(N)``) or a soft ``soft`` (``(N, N)``
+    or ``(B, N, N)``: ``x_out = soft @ x``)."""
     check_float_tensor("x", x, min_dim=3)
     if x.dim() != 3:
         raise ValueError(f"'x' should be a 3d-tensor (B, T, D) but got {tuple(x.shape)}")
     if (index is None) == (soft is None):
         raise ValueError("give exactly one of 'index' (hard) or 'soft' (soft permutation)")
-    if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int):
-        raise TypeError(f"'num_prefix_tokens' should be an int >= 0 but got {num_prefix_tokens!r}")
-    if not 0 <= num_prefix_tokens < x.shape[1]:
+    num_prefix_tokens = check_count("num_prefix_tokens", num_prefix_tokens, minimum=0)
+    if not num_prefix_tokens < x.shape[1]:
         raise ValueError(
             f"'num_prefix_tokens' should lie in [0, {x.shape[1]}) for 'x' of shape "
             f"{tuple(x.shape)} but got {num_prefix_tokens}"
         )
     prefix, body = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]  # body (B, N, D)
-    b, n, d = body.shape
+    b, n, _ = body.shape
     if index is not None:
         check_permutation_index("index", index, n)
         check_same_device(x=x, index=index)
@@ -72,7 +79,7 @@ def apply_permutation(
             raise ValueError(
                 f"'index' should be (N,) or (B, N) = ({b}, {n}), got {tuple(index.shape)}"
             )
-        body = body.gather(1, index.expand(b, n).unsqueeze(-1).expand(b, n, d))
+        body = _permute_tokens(body, index)
     else:
         check_square("soft", soft)
         check_same_device(x=x, soft=soft)
@@ -82,3 +89,11 @@ def apply_permutation(
             )
         body = soft.to(body.dtype) @ body  # (B, N, D)
     return torch.cat([prefix, body], dim=1) if num_prefix_tokens else body
+
+
+def _permute_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[b, index[b, i]]`` for ``x (B, N, D)`` and ``index (N,)``, ``(1, N)`` or ``(B, N)``,
+    unchecked: the estimators' path for an index they have just built (a sort or a sample), where
+    :func:`apply_permutation`'s permutation check would cost a device sync per call."""
+    b, n, d = x.shape
+    return x.gather(1, index.expand(b, n).unsqueeze(-1).expand(b, n, d))  # (B, N, D)

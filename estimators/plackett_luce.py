@@ -32,18 +32,23 @@ def plackett_luce_sample(
 ) -> torch.Tensor:
     """Draw permutations ``(num_samples, ..., N)`` from logits ``(..., N)`` (no gradient)."""
     check_float_tensor("logits", logits)
-    check_count("num_samples", num_samples)
+    num_samples = check_count("num_samples", num_samples)
     tau = check_positive("tau", tau)
     z = logits.detach()
     perturbed = z / tau + sample_gumbel((num_samples, *z.shape), z, generator)
     return perturbed.argsort(dim=-1, descending=True)
 
 
-def _ordered_logits(logits: torch.Tensor, index: torch.Tensor, tau: float) -> torch.Tensor:
+def _checked(logits: torch.Tensor, index: torch.Tensor, tau: object) -> float:
+    """The public functions' checks; ``tau`` as a float."""
     check_float_tensor("logits", logits)
     tau = check_positive("tau", tau)
     check_permutation_index("index", index, logits.shape[-1])
     check_same_device(logits=logits, index=index)
+    return tau
+
+
+def _ordered_logits(logits: torch.Tensor, index: torch.Tensor, tau: float) -> torch.Tensor:
     shape = torch.broadcast_shapes(logits.shape, index.shape)
     return (logits / tau).expand(shape).gather(-1, index.expand(shape))  # z_{pi_i} / tau
 
@@ -53,7 +58,14 @@ def plackett_luce_log_prob(
     logits: torch.Tensor, index: torch.Tensor, tau: float = 1.0
 ) -> torch.Tensor:
     """``log P(index)`` under Plackett-Luce with logits ``(..., N)`` at temperature ``tau``:
-    ``sum_i [z_{pi_i} - logsumexp_{k >= i} z_{pi_k}] / tau`` -> shape ``(...)`` (broadcast)."""
+    ``sum_i [z_{pi_i} - logsumexp_{k >= i} z_{pi_k}] / tau`` -> shape ``(...)`` (broadcast).
+    Every row of ``index`` must be a permutation of ``range(N)``."""
+    return _log_prob(logits, index, _checked(logits, index, tau))
+
+
+@full_precision
+def _log_prob(logits: torch.Tensor, index: torch.Tensor, tau: float) -> torch.Tensor:
+    """:func:`plackett_luce_log_prob` unchecked, for an index the caller has just sampled."""
     g = _ordered_logits(logits, index, tau)  # (..., N)
     tail = g.flip(-1).logcumsumexp(-1).flip(-1)  # logsumexp over the items not yet drawn
     return (g - tail).sum(-1)
@@ -65,6 +77,12 @@ def plackett_luce_sequential_entropy(
 ) -> torch.Tensor:
     """``sum_i H(pi_i | pi_<i)`` along the permutation ``index``: its expectation over samples is
     the entropy of the Plackett-Luce distribution. Shape ``(...)``."""
+    return _sequential_entropy(logits, index, _checked(logits, index, tau))
+
+
+@full_precision
+def _sequential_entropy(logits: torch.Tensor, index: torch.Tensor, tau: float) -> torch.Tensor:
+    """:func:`plackett_luce_sequential_entropy` unchecked, for an index the caller has sampled."""
     g = _ordered_logits(logits, index, tau)  # (..., N)
     n = g.shape[-1]
     # remaining[i, k]: item k (in drawn order) is still available at step i, i.e. k >= i

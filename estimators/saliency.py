@@ -2,8 +2,9 @@
 
 REOrder learns one order per dataset and leaves per-image orders to future work. Here a head scores
 every patch from early features ``(B, N, F)`` - by default the output of the first
-``feature_blocks`` backbone blocks on the canonical order, computed by the training loop with the
-backbone's own weights - or from the tokens themselves when no features are passed:
+``feature_blocks`` backbone blocks on the canonical order, which the estimator asks for through
+``wants = Wants("blocks", blocks=feature_blocks)`` and the training loop computes with the
+backbone's own weights - or from the tokens themselves (``feature_blocks=0``, nothing wanted):
 ``s_i = head(f_i) + b_i``, where ``b`` is a learned per-position bias that starts as the ramp of
 ``init_order`` (and the head's output near zero), so eval returns ``init_order`` until training
 moves it. Sorting is descending (slot 0 gets the highest score).
@@ -21,9 +22,9 @@ import torch
 from torch import nn
 
 from ._checks import check_count
-from .modules import PermutationEstimator, _Reinforce, ramp_scores
-from .permutation import PermutationOutput, apply_permutation
-from .plackett_luce import plackett_luce_log_prob, plackett_luce_sample
+from .modules import PermutationEstimator, Wants, _Reinforce, ramp_scores
+from .permutation import PermutationOutput, _permute_tokens, apply_permutation
+from .plackett_luce import _log_prob, plackett_luce_sample
 from .registry import register_estimator
 from .sorting import neuralsort, ot_sort, soft_rank_permutation, softsort, sort_permutation
 
@@ -38,7 +39,11 @@ RELAXATIONS = {
 
 @register_estimator("saliency")
 class SaliencyEstimator(_Reinforce, PermutationEstimator):
+    """An order per image: a head on each patch's features (width ``dim``) plus a learned
+    per-position bias, sorted descending; trained through ``relaxation`` (see the module)."""
+
     is_global = False
+    extra_required = {"dim": "token width"}
 
     def __init__(
         self, num_tokens, *, dim, tau=1.0, init_order=None, relaxation="softsort", hidden=64,
@@ -51,10 +56,12 @@ class SaliencyEstimator(_Reinforce, PermutationEstimator):
             )
         self.dim = check_count("dim", dim)
         self.relaxation, self.hard = relaxation, bool(hard)
-        self.feature_blocks = check_count("feature_blocks", feature_blocks, minimum=0)
+        blocks = check_count("feature_blocks", feature_blocks, minimum=0)
+        self.wants = Wants("blocks", blocks=blocks) if blocks else Wants()
         self.init_reinforce(momentum)
+        hidden = check_count("hidden", hidden)
         self.head = nn.Sequential(
-            nn.LayerNorm(dim), nn.Linear(dim, check_count("hidden", hidden)), nn.GELU(),
+            nn.LayerNorm(self.dim), nn.Linear(self.dim, hidden), nn.GELU(),
             nn.Linear(hidden, 1),
         )  # fmt: skip
         # Near-zero output at first, far below the ramp's spacing: eval starts at init_order.
@@ -92,12 +99,12 @@ class SaliencyEstimator(_Reinforce, PermutationEstimator):
         s = self.scores(tokens, features)  # (B, N)
         if not self.training:
             index = sort_permutation(s.detach())  # (B, N): each image its own order
-            return PermutationOutput(apply_permutation(tokens, index=index), index)
+            return PermutationOutput(_permute_tokens(tokens, index), index)
         if self.relaxation == "plackett_luce":
             index = plackett_luce_sample(s, 1, self.tau)[0]  # (B, N)
-            log_prob = plackett_luce_log_prob(s, index, self.tau)  # (B,), at the sampling tau
+            log_prob = _log_prob(s, index, self.tau)  # (B,), at the sampling tau
             aux = {"log_prob": log_prob.detach().mean(), "baseline": self.baseline.clone()}
-            out = apply_permutation(tokens, index=index)
+            out = _permute_tokens(tokens, index)
             return PermutationOutput(out, index, log_prob=log_prob, aux=aux)
         P = RELAXATIONS[self.relaxation](s, tau=self.tau, hard=self.hard)  # (B, N, N)
         index = sort_permutation(s.detach())

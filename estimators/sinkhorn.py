@@ -35,7 +35,7 @@ from typing import NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._checks import check_count, check_positive, check_square
+from ._checks import check_count, check_nonnegative, check_positive, check_square
 from ._precision import full_precision, upcast
 
 BACKWARDS = ("unrolled", "implicit")
@@ -197,10 +197,10 @@ def sinkhorn(
             (fixed-point gradient; no memory of the iterations).
     """
     check_square("log_alpha", log_alpha)
-    check_count("n_iters", n_iters)
-    check_count("check_every", check_every)
+    n_iters = check_count("n_iters", n_iters)
+    check_every = check_count("check_every", check_every)
     if tol is not None:
-        check_positive("tol", tol)
+        tol = check_positive("tol", tol)
     if backward not in BACKWARDS:
         raise ValueError(f"'backward' should be one of {BACKWARDS} but got {backward!r}")
     shape = log_alpha.shape
@@ -271,8 +271,7 @@ def gumbel_sinkhorn(
     """
     check_square("log_alpha", log_alpha)
     tau = check_positive("tau", tau)
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
-        raise ValueError(f"'noise' should be a number >= 0 but got {noise!r}")
+    noise = check_nonnegative("noise", noise)
     if noise:
         log_alpha = log_alpha + noise * sample_gumbel(log_alpha.shape, log_alpha, generator)
     return sinkhorn(log_alpha / tau, n_iters=n_iters, tol=tol, backward=backward)

@@ -17,6 +17,20 @@ from ._precision import full_precision
 from .sinkhorn import sinkhorn
 
 REGULARIZATIONS = ("l2", "kl")
+TORCHSORT_INSTALL = (
+    "torchsort is not installed; it is source-only and builds against the installed torch: "
+    "install torch first, then `pip install --no-build-isolation torchsort` (on a machine with "
+    "nvcc but no GPU, take nvcc off PATH for a CPU-only build)"
+)
+
+
+def import_torchsort():
+    """The ``torchsort`` module, or an ImportError that says how to install it."""
+    try:
+        import torchsort
+    except ImportError as err:
+        raise ImportError(TORCHSORT_INSTALL) from err
+    return torchsort
 
 
 def sort_permutation(scores: torch.Tensor) -> torch.Tensor:
@@ -98,10 +112,9 @@ def soft_rank_permutation(
     at slot ``i`` the items whose rank is near ``i + 1``. ``regularization="l2"`` is the default
     because ``"kl"`` gives NaN gradients at small strength (torchsort issue 63).
     """
-    import torchsort
-
     check_float_tensor("scores", scores)
     tau = check_positive("tau", tau)
+    torchsort = import_torchsort()
     if regularization not in REGULARIZATIONS:
         raise ValueError(
             f"'regularization' should be one of {REGULARIZATIONS} but got {regularization!r}"
