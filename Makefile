@@ -26,7 +26,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip "setuptools>=68" wheel
+	$(PIP) install -q --upgrade pip "setuptools>=77" wheel
 	@$(PY) -c "import torch, torchvision" 2>/dev/null \
 		|| { echo "== installing $(TORCH_SPEC) (several GB on first install)"; \
 		     $(PIP) install -q $(TORCH_SPEC); }

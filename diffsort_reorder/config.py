@@ -1,4 +1,8 @@
-"""Composing run configs from ``configs/`` with Hydra's compose API.
+"""Composing run configs with Hydra's compose API.
+
+The configs live in the repository's ``configs/`` folder, which installs as the package
+``diffsort_reorder.configs`` (see pyproject.toml); Hydra finds them on its ``pkg://`` search path,
+so a run composes the same config from a checkout or from an installed wheel.
 
 ``method=<estimator>`` also selects the config group ``estimator=<estimator>`` (its learning rate,
 temperature schedule, starting order and hyper-parameters) unless ``estimator=`` is given; a prior
@@ -8,16 +12,35 @@ named by ``method=`` or ``estimator.init=`` selects its group (``prior=compressi
 
 from __future__ import annotations
 
-from pathlib import Path
+import hashlib
+import json
 
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from estimators import list_estimators
 
 PRIOR_GROUPS = {"compression_prior": "compression", "collapse_prior": "collapse"}  # configs/prior
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_MODULE = "diffsort_reorder.configs"
+# Trainer keys that may differ when a run resumes: how it is driven, not what it computes.
+RUNTIME_KEYS = ("resume", "stop_after_epochs", "progress", "log_dir")
+
+
+def config_digest(*, _root_: DictConfig) -> str:
+    """``${config_digest:}``: 8 hex digits of the resolved config, leaving out ``output_dir``
+    and the trainer's runtime keys, so that the default run directory of one config is always
+    the same (a repeated command resumes) and differs between configs."""
+    data = OmegaConf.to_container(_root_, resolve=False)
+    data.pop("output_dir", None)
+    for key in RUNTIME_KEYS:
+        data.get("trainer", {}).pop(key, None)
+    resolved = OmegaConf.to_container(OmegaConf.create(data), resolve=True)
+    text = json.dumps(resolved, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+OmegaConf.register_new_resolver("config_digest", config_digest, replace=True)
 
 
 def value_of(overrides: list[str], key: str) -> str | None:
@@ -43,7 +66,7 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
     outer = GlobalHydra.instance().hydra
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=overrides)
     finally:
         if outer is not None:
@@ -53,4 +76,5 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
 
 
 def to_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML, as runs record it."""
     return OmegaConf.to_yaml(cfg, resolve=True)

@@ -10,13 +10,12 @@ fixed orders are estimators without parameters.
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 from estimators import (
     PermutationEstimator,
     PermutationOutput,
+    Wants,
     apply_permutation,
     create_estimator,
     list_estimators,
@@ -42,9 +41,10 @@ class FixedOrder(PermutationEstimator):
 
 class SaliencyProbeOrder(PermutationEstimator):
     """A training-free per-image order: patches sorted by a saliency the model computes on the
-    canonical order (``probe``: ``"gradient"`` or ``"attention"``), the most salient placed at
-    the ``end`` (where a backbone that reads its last token reads; REOrder saw learned orders move
-    salient patches there) or at the ``start``. No parameters; the same in training and eval."""
+    canonical order (``probe``: ``"gradient"`` or ``"attention"``, asked for through
+    :attr:`wants`), the most salient placed at the ``end`` (where a backbone that reads its last
+    token reads; REOrder saw learned orders move salient patches there) or at the ``start``. No
+    parameters; the same in training and eval."""
 
     is_global = False
     PLACES = ("end", "start")
@@ -53,19 +53,22 @@ class SaliencyProbeOrder(PermutationEstimator):
         super().__init__(num_tokens)
         if place not in self.PLACES:
             raise ValueError(f"'place' should be one of {self.PLACES} but got {place!r}")
-        self.probe, self.place = probe, place
+        self.place = place
+        self.wants = Wants("saliency", probe=probe)
 
     def order(self) -> torch.Tensor:
         return self.init_order
 
     def forward(self, tokens, features=None):
         self.check_tokens(tokens)
-        if features is None or features.shape != tokens.shape[:2]:
+        expected = (*tokens.shape[:2], 1)
+        if features is None or tuple(features.shape) != expected:
             raise ValueError(
-                f"'features' should be the saliency (B, N) = {tuple(tokens.shape[:2])} but got "
+                f"'features' should be the saliency (B, N, 1) = {expected} but got "
                 f"{None if features is None else tuple(features.shape)}"
             )
-        index = features.argsort(dim=-1, descending=self.place == "start", stable=True)  # (B, N)
+        saliency = features[..., 0]  # (B, N)
+        index = saliency.argsort(dim=-1, descending=self.place == "start", stable=True)  # (B, N)
         return PermutationOutput(apply_permutation(tokens, index=index), index)
 
 
@@ -159,7 +162,7 @@ def resolve_order(
     name: str, dataset, grid: tuple[int, int], patch_size: int | None = None, prior_cfg=None
 ) -> torch.Tensor:
     """The order ``(N,)`` that ``name`` stands for on ``dataset``'s ``grid``; a prior uses
-    ``prior_cfg.settings`` when ``prior_cfg`` is that prior's config, else its defaults."""
+    ``prior_cfg.options`` when ``prior_cfg`` is that prior's config, else its defaults."""
     if name in ORDERINGS:
         return scan_order(name, *grid)
     if name == "oracle":
@@ -167,7 +170,7 @@ def resolve_order(
     if name in PRIORS:
         settings = {}
         if prior_cfg is not None and prior_cfg.get("name") == name:
-            settings = dict(prior_cfg.get("settings") or {})
+            settings = dict(prior_cfg.get("options") or {})
         return prior_order(name, dataset, patch_size, settings)
     raise ValueError(
         f"unknown order {name!r}; a fixed order is one of: {', '.join(fixed_orders())}"
@@ -185,7 +188,7 @@ def build_orderer(
     order=None,
 ) -> PermutationEstimator:
     """The orderer for ``method``; estimators start from ``estimator_cfg.init`` (a fixed order or
-    a prior) with ``estimator_cfg.hparams``; those that score tokens get ``dim=token_dim``. An
+    a prior) with ``estimator_cfg.options``; those that score tokens get ``dim=token_dim``. An
     explicit ``order`` (a list) replaces the method's: the order is fixed for the whole run."""
     if order is not None:
         return FixedOrder(check_order(order, grid[0] * grid[1]))
@@ -194,8 +197,8 @@ def build_orderer(
             raise ValueError(f"method {method!r} is an estimator but no 'estimator' config for it")
         init_name = estimator_cfg.get("init", "row_major")
         init = resolve_order(init_name, dataset, grid, patch_size, prior_cfg)
-        hparams = dict(estimator_cfg.get("hparams") or {})
-        if "dim" in inspect.signature(ESTIMATORS[method]).parameters:
+        hparams = dict(estimator_cfg.get("options") or {})
+        if "dim" in ESTIMATORS[method].extra_required:
             hparams.setdefault("dim", token_dim)
         return create_estimator(method, num_tokens=init.numel(), init_order=init, **hparams)
     if method in fixed_orders():

@@ -15,9 +15,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from estimators import Wants
+
 from .backbones import SequenceBackbone
 
 POS_EMBEDS = ("patch", "slot", "none")
+# A saliency probe an orderer may want -> the method that computes it.
+SALIENCY_PROBES = {"gradient": "gradient_saliency", "attention": "attention_saliency"}
 
 
 class PatchSequenceModel(nn.Module):
@@ -70,6 +74,19 @@ class PatchSequenceModel(nn.Module):
             tokens = tokens + self.pos_embed
         with torch.no_grad():
             return self.backbone.readout_attention(tokens, num_blocks)
+
+    def answer(self, wants: Wants, tokens: torch.Tensor) -> torch.Tensor | None:
+        """What an orderer's ``wants`` asks for, computed on the canonical order of ``tokens``
+        ``(B, N, D)``: None, early features ``(B, N, D)`` or a saliency ``(B, N, 1)``."""
+        if wants.kind == "blocks":
+            return self.early_features(tokens, wants.blocks)
+        if wants.kind == "saliency":
+            if wants.probe not in SALIENCY_PROBES:
+                raise ValueError(
+                    f"'probe' should be one of {tuple(SALIENCY_PROBES)} but got {wants.probe!r}"
+                )
+            return getattr(self, SALIENCY_PROBES[wants.probe])(tokens)[..., None]  # (B, N, 1)
+        return None
 
     def classify(self, tokens: torch.Tensor) -> torch.Tensor:
         """Ordered tokens ``(B, N, D)`` -> logits ``(B, C)``."""

@@ -1,17 +1,16 @@
 """The study: which estimator learns the best patch order, for which backbone, against fixed
 scans and priors.
 
-``python -m diffsort_reorder.study [study=<name>] [study.key=value ...]`` is a Hydra app
-(``configs/study.yaml``). For every backbone in ``study.backbones`` and every learned method,
-Optuna searches the space in ``configs/space/`` (one Optuna study per backbone and method, in one
-storage); each trial's run config is composed with Hydra's compose API from
-``configs/config.yaml`` and run by :func:`train`, which reports the validation accuracy every
-epoch to the pruner. Fixed orders (scan orders, priors) are not searched. Then every method is
-re-run on the same seeds (so results pair by seed) under each protocol: ``curriculum`` re-runs the
-best config's whole curriculum, ``retrain`` freezes the order the best trial learned and trains a
-fresh model on it. :mod:`diffsort_reorder.report` writes ``report.md``, ``results.csv`` (with
-paired differences and their intervals) and the figures. The path of ``report.md`` is printed
-last.
+``diffsort-study [study=<name>] [study.key=value ...]`` (or ``python -m diffsort_reorder.study``)
+composes ``configs/study.yaml`` with Hydra. For every backbone in ``study.backbones`` and every
+learned method, Optuna searches the space in ``configs/space/`` (one Optuna study per backbone and
+method, in one storage); each trial's run config is composed from ``configs/config.yaml`` and run
+by :func:`train`, which reports the validation accuracy every epoch to the pruner. Fixed orders
+(scan orders, priors) are not searched. Then every method is re-run on the same seeds (so results
+pair by seed) under each protocol: ``curriculum`` re-runs the best config's curriculum, ``retrain``
+freezes the order the best trial learned and trains a fresh model on it.
+:mod:`diffsort_reorder.report` writes ``report.md``, ``results.csv`` (with paired differences and
+their intervals) and the figures. The path of ``report.md`` is printed last.
 
 Re-running the same command resumes: finished trials and seed runs are kept, and a trial that was
 interrupted (Ctrl-C, a killed worker) is run again with its parameters from its last checkpoint. A
@@ -36,7 +35,6 @@ import warnings
 import zlib
 from pathlib import Path
 
-import hydra
 import optuna
 import torch
 from hydra.errors import HydraException
@@ -45,6 +43,8 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from .backbones import list_backbones
+from .checks import check_config
+from .cli import bad_input, run_command
 from .config import compose_config, to_yaml, value_of
 from .methods import (
     check_not_oracle,
@@ -56,7 +56,7 @@ from .methods import (
 from .report import best_trial, write_report
 from .runtime import show_progress
 from .space import check_space, first_point, in_space, override_value, suggest
-from .train import check_config, train
+from .train import train
 
 # Failures that end one trial (FAIL, with the reason) and let the study go on.
 TRIAL_ERRORS = (FloatingPointError, torch.OutOfMemoryError)
@@ -260,7 +260,7 @@ class Study:
             check_start_orders(f"{method!r}'s estimator.init", [est.init])
         # Each choice of an estimator setting, so that none fails later inside a trial.
         for key, spec in (self.spaces.get(method) or {}).items():
-            if spec["type"] == "categorical" and key.startswith("estimator.hparams."):
+            if spec["type"] == "categorical" and key.startswith("estimator.options."):
                 for choice in spec["choices"][1:]:
                     point = {**params, key: choice}
                     try:
@@ -511,17 +511,32 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-@hydra.main(config_path="../configs", config_name="study", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(argv: list[str] | None = None) -> None:
+    """``diffsort-study [study=<name>] [key=value ...]``: run a study, print its report's path."""
+    summary = (
+        "Search each learned method's space with Optuna, re-run every method on paired seeds, "
+        "and write a comparison report (report.md, results.csv, figures)."
+    )
+    compose = functools.partial(compose_config, config_name="study")
+    cfg = run_command("diffsort-study", summary, "study", compose, argv)
+    if cfg is None:
+        return
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with bad_input():  # methods, spaces, storage and every run config, before any training
+        study = Study(cfg)
     signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop: like Ctrl-C, retried later
-    study = Study(cfg)
     try:
         report = study.run()
     except StudyStopped as stop:
         print(f"{stop}; run the same command again to continue", file=sys.stderr)
         return
     print(report)
+
+
+def console() -> None:
+    """The ``diffsort-study`` console script (``main``, returning no value)."""
+    main()
 
 
 if __name__ == "__main__":

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,12 +23,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from estimators import create_estimator
-from estimators.registry import ESTIMATORS
-
 from .backbones import create_backbone
 from .checkpoint import load, save_atomic
-from .config import compose_config, to_yaml
+from .checks import check_clip, check_config
+from .cli import bad_input, run_command
+from .config import RUNTIME_KEYS, compose_config, to_yaml
 from .data import create_dataset, grid_shape, key_recall, patchify
 from .methods import build_orderer
 from .model import PatchSequenceModel
@@ -47,22 +44,6 @@ from .runtime import (
 from .schedules import constant_lr, lr_factor, phase_at, tau_at
 
 CHECKPOINT = "checkpoint.pt"
-# What a training-free orderer's ``probe`` asks the model for: a saliency (B, N) per image.
-SALIENCY_PROBES = {
-    "gradient": PatchSequenceModel.gradient_saliency,
-    "attention": PatchSequenceModel.attention_saliency,
-}
-# Keys that may differ when resuming: how the run is driven, not what it computes.
-RUNTIME_KEYS = ("resume", "stop_after_epochs", "progress", "log_dir")
-
-
-def check_clip(key: str, value) -> float:
-    """A max gradient norm: a number > 0, or null (no clip: inf)."""
-    if value is None:
-        return math.inf
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"'{key}' should be a number > 0 or null (no clip) but got {value!r}")
-    return float(value)
 
 
 def batches(dataset, batch_size: int, generator: torch.Generator | None):
@@ -176,27 +157,6 @@ def key_patches(dataset) -> list[int] | None:
     return keys.tolist() if keys is not None and keys.dim() == 1 else None
 
 
-def check_config(cfg: DictConfig) -> None:
-    """What a run config can get wrong without its data: the trainer's settings and the
-    estimator's (its hyper-parameters are checked by building it on two tokens)."""
-    t, est = cfg.trainer, cfg.get("estimator")
-    use_amp(t.amp, torch.device("cpu"))
-    check_clip("trainer.grad_clip", t.grad_clip)
-    if est is None:
-        return
-    check_clip("estimator.grad_clip", est.get("grad_clip"))
-    if not 0 < est.tau.min <= est.tau.max:
-        raise ValueError(
-            f"'estimator.tau' should have 0 < min <= max (estimators need tau > 0) but got "
-            f"min={est.tau.min}, max={est.tau.max}"
-        )
-    hparams = OmegaConf.to_container(est.get("hparams") or {}, resolve=True)
-    if "dim" in inspect.signature(ESTIMATORS[est.name]).parameters:
-        hparams.setdefault("dim", 1)
-    with torch.random.fork_rng(devices=[]):  # a check leaves the run's random stream alone
-        create_estimator(est.name, num_tokens=2, **hparams)
-
-
 def build_run(cfg: DictConfig) -> Run:
     t, data_cfg, est = cfg.trainer, cfg.data, cfg.get("estimator")
     check_config(cfg)
@@ -246,21 +206,18 @@ def build_run(cfg: DictConfig) -> Run:
 
 
 def order_tokens(run: Run, patches: torch.Tensor):
-    """Embed and order ``patches``; the orderer gets what it asks for: the backbone's early
-    features (``feature_blocks``) or a saliency probe of the model (``probe``). Returns the
-    output and the milliseconds of that early pass."""
+    """Embed and order ``patches``; the orderer first gets what its ``wants`` asks the model for
+    (early features or a saliency). Returns the output and the milliseconds of that early pass
+    (None when nothing was wanted)."""
     tokens = run.model.embed(patches)
-    blocks, probe = run.orderer.feature_blocks, getattr(run.orderer, "probe", None)
-    if not blocks and probe is None:
+    wants = run.orderer.wants
+    if wants.kind == "nothing":
         return run.orderer(tokens), None
     started = time.perf_counter()
     # The pass that scores patches runs in float32 whatever autocast says, as the estimators do:
     # an order is decided by score differences below bf16's resolution.
     with torch.autocast(run.device.type, enabled=False):
-        if probe is not None:
-            features = SALIENCY_PROBES[probe](run.model, tokens.float())  # (B, N)
-        else:
-            features = run.model.early_features(tokens.float(), blocks)  # (B, N, D)
+        features = run.model.answer(wants, tokens.float())  # (B, N, F)
     if run.device.type == "cuda":
         torch.cuda.synchronize(run.device)
     early_ms = 1e3 * (time.perf_counter() - started)
@@ -364,7 +321,8 @@ def fit(
                 n: getattr(run, n).state_dict()
                 for n in ("model", "orderer", "optimizer", "scheduler")
             }
-            checkpoint = {"config": resolved, **state, **modules, "rng": rng_state()}
+            checkpoint = {"config": resolved, **state, **modules, "rng": rng_state(),
+                          "tau": run.orderer.tau}  # fmt: skip
             save_atomic(checkpoint, Path(cfg.output_dir) / CHECKPOINT)
             log.flush()
         # 4. Tell the caller (a study's pruner may stop the run here).
@@ -372,16 +330,24 @@ def fit(
             on_epoch(epoch + 1, metrics)
 
 
-def train(cfg: DictConfig, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+def prepare_run(cfg: DictConfig) -> Run:
+    """Seed every generator with ``cfg.seed`` and build the run."""
+    seed_everything(cfg.seed)
+    return build_run(cfg)
+
+
+def train(
+    cfg: DictConfig, on_epoch: Callable[[int, dict], None] | None = None, run: Run | None = None
+) -> dict:
     """Train one run as ``cfg`` says; returns its metrics (see the module docstring).
 
     ``on_epoch(epoch, metrics)`` is called after each epoch is validated and checkpointed (a study
-    reports ``metrics["val_acc"]`` to its pruner there); an exception it raises ends the run."""
+    reports ``metrics["val_acc"]`` to its pruner there); an exception it raises ends the run.
+    ``run`` is what :func:`prepare_run` built from ``cfg``, when the caller built it already."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     t = cfg.trainer
     out_dir = Path(cfg.output_dir)
-    seed_everything(cfg.seed)
-    run = build_run(cfg)
+    run = prepare_run(cfg) if run is None else run
 
     # 1. Resume from the last finished epoch, if a checkpoint of this config exists.
     ckpt_path = out_dir / CHECKPOINT
@@ -392,6 +358,7 @@ def train(cfg: DictConfig, on_epoch: Callable[[int, dict], None] | None = None) 
         for name in ("model", "orderer", "optimizer", "scheduler"):
             getattr(run, name).load_state_dict(saved[name])
         set_rng_state(saved["rng"])
+        run.orderer.tau = saved["tau"]  # the temperature the last finished epoch ended at
         state = {k: saved[k] for k in state}
     # Recorded once the run is known to be this config's (a refused resume leaves them alone).
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -436,11 +403,23 @@ def train(cfg: DictConfig, on_epoch: Callable[[int, dict], None] | None = None) 
     return result
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = compose_config(sys.argv[1:] if argv is None else argv)
-    result = train(cfg)
+def main(argv: list[str] | None = None) -> dict | None:
+    """``diffsort-train [key=value ...]``: train one run, print its result as one JSON line."""
+    summary = "Train one run (data, backbone, method, trainer) and print its result as JSON."
+    cfg = run_command("diffsort-train", summary, "config", compose_config, argv)
+    if cfg is None:
+        return None
+    with bad_input():  # the config's values, then what it names: a data folder, a prior
+        check_config(cfg)
+        run = prepare_run(cfg)
+    result = train(cfg, run=run)
     print(json.dumps(result))
     return result
+
+
+def console() -> None:
+    """The ``diffsort-train`` console script (``main``, returning no value)."""
+    main()
 
 
 if __name__ == "__main__":

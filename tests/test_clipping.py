@@ -15,7 +15,7 @@ from diffsort_reorder.train import batches, build_run, order_tokens, train, trai
 POLICY = [
     "trainer.grad_clip=0.5",
     "method=plackett_luce",
-    "estimator.hparams.samples=image",  # per-image advantages are non-zero from the first step
+    "estimator.options.samples=image",  # per-image advantages are non-zero from the first step
 ]
 TAU = 0.02  # ramp logits 1/15 apart: the sampled order still varies, 1/tau = 50
 

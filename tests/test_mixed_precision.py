@@ -1,6 +1,7 @@
 """Mixed precision computes what float32 computes: every estimator under CPU bf16 autocast, and
 one training run per kind of method with ``trainer.amp=true`` on the CPU."""
 
+import importlib.resources
 import inspect
 import math
 
@@ -9,7 +10,6 @@ import torch
 from omegaconf import OmegaConf
 from tiny_runs import tiny
 
-from diffsort_reorder.config import CONFIG_DIR
 from diffsort_reorder.runtime import use_amp
 from diffsort_reorder.train import train
 from estimators import create_estimator, list_estimators
@@ -17,12 +17,13 @@ from estimators.registry import ESTIMATORS
 
 SOFT_TOL = 2e-2  # max |P_bf16 - P_fp32|
 LOG_PROB_TOL = 1e-2  # nats, for the same permutation
+CONFIGS = importlib.resources.files("diffsort_reorder.configs")
 B, N, F_IN, D = 4, 196, 8, 16  # N as a 14x14 grid: bf16 cannot tell ramp scores 1/195 apart
 
 
 def smallest_tau(name: str) -> float:
     """The smallest temperature the estimator's config anneals to: where bf16 hurts most."""
-    return float(OmegaConf.load(CONFIG_DIR / "estimator" / f"{name}.yaml").tau.min)
+    return float(OmegaConf.load(str(CONFIGS / "estimator" / f"{name}.yaml")).tau.min)
 
 
 def make(name: str, **hparams):

@@ -157,9 +157,9 @@ TINY = [
     "data.options.num_train=64",
     "data.options.num_val=16",
     "data.options.grid_size=4",
-    "prior.settings.steps=20",
-    "prior.settings.max_images=64",
-    "prior.settings.codebook_size=8",
+    "prior.options.steps=20",
+    "prior.options.max_images=64",
+    "prior.options.codebook_size=8",
 ]
 
 
@@ -180,9 +180,9 @@ def test_priors_are_methods_and_estimator_starting_orders(tmp_path, monkeypatch,
 @pytest.mark.parametrize("prior", ["compression", "collapse"])
 def test_cli_prints_the_table_and_writes_the_order(tmp_path, capsys, prior):
     overrides = [f"prior={prior}", f"output_dir={tmp_path}", "data.options.num_train=64",
-                 "data.options.grid_size=4", "prior.settings.max_images=64"]  # fmt: skip
+                 "data.options.grid_size=4", "prior.options.max_images=64"]  # fmt: skip
     overrides.append(
-        "prior.settings.codebook_size=8" if prior == "compression" else "prior.settings.steps=20"
+        "prior.options.codebook_size=8" if prior == "compression" else "prior.options.steps=20"
     )
     result = priors_main(overrides)
     out = capsys.readouterr().out

@@ -253,13 +253,13 @@ def test_seed_runs_are_reused_when_rerun(tmp_path, monkeypatch):
          "backbones out of ['local', 'mamba', 'txl', 'vit'] (or be null) but names ['txl'] twice"),
         (["+study.backbone_overrides.rnn=[]"], None, "'study.backbone_overrides' names unknown"),
         (["study.methods=[row_major,plackett_luce_rloo]",
-          "+study.method_overrides.plackett_luce_rloo=['estimator.hparams.num_samples=1']"],
+          "+study.method_overrides.plackett_luce_rloo=['estimator.options.num_samples=1']"],
          {"plackett_luce_rloo": {"estimator.lr": {"type": "float", "low": 0.1, "high": 1.0}}},
          "'num_samples' should be >= 2 with baseline='rloo'"),
         (["study.methods=[row_major,plackett_luce_rloo]"],
-         {"plackett_luce_rloo": {"estimator.hparams.num_samples": {"type": "categorical",
+         {"plackett_luce_rloo": {"estimator.options.num_samples": {"type": "categorical",
                                                                    "choices": [4, 1]}}},
-         "'space.plackett_luce_rloo.estimator.hparams.num_samples' offers 1: 'num_samples' "
+         "'space.plackett_luce_rloo.estimator.options.num_samples' offers 1: 'num_samples' "
          "should be >= 2 with baseline='rloo'"),
         (["study.methods=[row_major,plackett_luce]",
           "+study.method_overrides.plackett_luce=['estimator.grad_clip=-1']"], None,
@@ -314,11 +314,85 @@ def test_every_study_file_composes_its_runs(tmp_path, monkeypatch, name):
     assert run.estimator.init != "oracle" and run.trainer.log_dir.endswith("softsort/seed-1")
 
 
-def test_samplers_pruners_and_training_free_methods_switch_with_one_override(tmp_path):
-    for overrides in (["study.sampler.name=random"], ["study.pruner.name=hyperband"],
-                      ["study.methods=[saliency_gradient,softsort]"]):  # fmt: skip
-        study = Study(study_config(tmp_path, *overrides))
-        assert "saliency_gradient" not in study.spaces  # training-free: run, not searched
+@pytest.mark.parametrize(
+    ("overrides", "sampler", "pruner", "searched"),
+    [
+        ([], optuna.samplers.TPESampler, optuna.pruners.MedianPruner, {"softsort",
+                                                                       "plackett_luce"}),
+        (["study.sampler.name=random"], optuna.samplers.RandomSampler,
+         optuna.pruners.MedianPruner, {"softsort", "plackett_luce"}),
+        (["study.pruner.name=hyperband"], optuna.samplers.TPESampler,
+         optuna.pruners.HyperbandPruner, {"softsort", "plackett_luce"}),
+        (["study.pruner.name=none"], optuna.samplers.TPESampler, optuna.pruners.NopPruner,
+         {"softsort", "plackett_luce"}),
+        (["study.methods=[saliency_gradient,softsort]"], optuna.samplers.TPESampler,
+         optuna.pruners.MedianPruner, {"softsort"}),
+    ],
+)  # fmt: skip
+def test_samplers_pruners_and_training_free_methods_switch_with_one_override(
+    tmp_path, monkeypatch, overrides, sampler, pruner, searched
+):
+    """One override switches the sampler or the pruner (options the new class does not take are
+    dropped), and a training-free method is run, not searched."""
+    forbid_training(monkeypatch)
+    study = Study(study_config(tmp_path, *overrides))
+    assert set(study.spaces) == searched
+    built = study.optuna_study("softsort", "txl")
+    assert type(built.sampler) is sampler and type(built.pruner) is pruner
+    assert type(study_module.build_sampler(study.s.sampler, 0)) is sampler
+    assert type(study_module.build_pruner(study.s.pruner)) is pruner
+
+
+def fake_train(calls: list):
+    """A stand-in for ``train`` that records each run config and writes and returns a finished
+    run's result (the keys the study and the report read), with an accuracy that tells seeds
+    apart."""
+
+    def record(cfg, on_epoch=None):
+        calls.append(cfg)
+        grid = [4, 4]
+        result = {
+            "val_acc": 0.5 + cfg.seed / 100, "best_val_acc": 0.6 + cfg.seed / 100,
+            "val_loss": 1.0, "train_seconds": 0.1, "key_recall": None, "key_patches": None,
+            "steps": 1, "epochs": cfg.trainer.epochs, "finished": True, "method": cfg.method,
+            "backbone": cfg.backbone.name, "data": cfg.data.name, "seed": cfg.seed, "grid": grid,
+            "order": list(range(grid[0] * grid[1])), "example_order": None,
+            "output_dir": cfg.output_dir,
+        }  # fmt: skip
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.output_dir) / "result.json").write_text(json.dumps(result))
+        return result
+
+    return record
+
+
+def test_seed_runs_use_their_own_seeds(tmp_path, monkeypatch):
+    """The search trains on study.seed; every method's re-runs on study.seed + 1 .. + seeds,
+    under both protocols (a fixed order's runs serve both), and each run's data and prior seeds
+    follow its seed."""
+    calls = []
+    monkeypatch.setattr(study_module, "train", fake_train(calls))
+    cfg = study_config(tmp_path, "study.methods=[row_major,compression_prior,softsort]",
+                       "study.protocol=[curriculum,retrain]", "study.seed=10", "study.seeds=3",
+                       "study.n_trials=2", NO_PRUNING)  # fmt: skip
+    Study(cfg).run()
+    runs = {}
+    for run in calls:
+        assert run.data.options.seed == run.seed  # the images follow the run's seed
+        if run.get("prior") is not None:
+            assert run.prior.options.seed == run.seed
+        runs.setdefault((run.method, Path(run.output_dir).name), []).append(run.seed)
+    assert runs.pop(("softsort", "trial-0000")) == [10]
+    assert runs.pop(("softsort", "trial-0001")) == [10]
+    expected = {(m, f"seed-{s}"): [s] for m in ("row_major", "compression_prior", "softsort")
+                for s in (11, 12, 13)}  # fmt: skip
+    expected.update({("softsort", f"retrain-seed-{s}"): [s] for s in (11, 12, 13)})
+    assert runs == expected
+    rows = rows_by_key(tmp_path)
+    assert len(rows) == 6
+    for row in rows.values():
+        assert row["seeds"] == "11 12 13" and row["n_seeds"] == "3"
+        assert row["val_accs"] == "0.6100 0.6200 0.6300"
 
 
 def test_a_killed_workers_trial_is_failed_by_its_heartbeat_and_retried(tmp_path, monkeypatch):

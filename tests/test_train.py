@@ -37,8 +37,9 @@ def test_method_selects_its_estimator_config():
 @pytest.mark.parametrize("method", list_estimators())
 def test_every_estimator_trains_one_tiny_epoch(tmp_path, method):
     cfg = tiny(tmp_path, f"method={method}", "trainer.epochs=1")
-    before = None
-    result = train(cfg)
+    run = train_module.prepare_run(cfg)
+    before = {k: v.clone() for k, v in run.orderer.state_dict().items()}
+    result = train(cfg, run=run)
     assert result["finished"] and result["steps"] == 4 and 0.0 <= result["val_acc"] <= 1.0
     if result["order"] is None:  # an order per image: none for the dataset
         assert method == "saliency"
@@ -46,8 +47,15 @@ def test_every_estimator_trains_one_tiny_epoch(tmp_path, method):
         assert torch.equal(torch.tensor(result["order"]).sort().values, torch.arange(16))
     state = load(tmp_path / "checkpoint.pt")
     init = state["orderer"]["init_order"]
-    learned = {k: v for k, v in state["orderer"].items() if k not in ("init_order",)}
-    assert learned and before is None  # the estimator's parameters are in the checkpoint
+    # The estimator's parameters are in the checkpoint, as they ended the run.
+    learned = dict(run.orderer.named_parameters())
+    assert learned and state["orderer"].keys() == before.keys()
+    for name, param in learned.items():
+        assert torch.equal(state["orderer"][name], param.detach().cpu()), name
+    # The one policy epoch moved them. Not torchsort's: at its config's tau (0.02 -> 0.005) its
+    # soft ranks of a 16-token ramp (spacing 1/15) are exactly hard, so its gradient is zero.
+    moved = [k for k in learned if not torch.equal(state["orderer"][k], before[k])]
+    assert bool(moved) == (method != "torchsort"), moved
     assert torch.equal(init, torch.arange(16))  # started from row_major, as its config says
 
 
@@ -174,7 +182,7 @@ def test_same_seed_same_result(tmp_path):
             "unknown backbone 'rnn'; available backbones: local, mamba, txl, vit",
         ),
         (["data=digits", "method=oracle"], "defines no oracle order"),
-        (["trainer.device=tpu"], "'trainer.device' should be auto, cpu or cuda"),
+        (["trainer.device=tpu"], "'trainer.device' should be one of auto, cpu, cuda"),
         (["pos_embed=rope"], "'pos_embed' should be one of"),
     ],
 )

@@ -1,20 +1,21 @@
-"""``python -m diffsort_reorder.bench {estimators,train} [--device ...] [--out results.json]``."""
+"""``diffsort-bench {estimators,train} [--device ...] [--out results.json]`` (or
+``python -m diffsort_reorder.bench``)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import torch
 
+from ..cli import OneLineParser
 from . import estimators, train
 
 BENCHMARKS = {"estimators": estimators, "train": train}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m diffsort_reorder.bench")
+    parser = OneLineParser(prog="diffsort-bench", description="Speed and memory benchmarks.")
     parser.add_argument("benchmark", choices=sorted(BENCHMARKS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sizes", default=",".join(f"{b}x{n}" for b, n in estimators.SIZES),
@@ -28,6 +29,11 @@ def main(argv: list[str] | None = None) -> dict:
         Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps({"benchmark": args.benchmark, "checks": result.get("checks", [])}))
     return result
+
+
+def console() -> None:
+    """The ``diffsort-bench`` console script (``main``, returning no value)."""
+    main()
 
 
 if __name__ == "__main__":

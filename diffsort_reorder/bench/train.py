@@ -57,15 +57,15 @@ def timed_step(run, images, labels) -> tuple[float, float | None]:
 def early_pass_gflop(run, images) -> float | None:
     """Forward GFLOPs of the early pass an orderer asks for (matrix products, counted by
     ``torch.utils.flop_counter``), against the whole model's forward in the same units."""
-    blocks = run.orderer.feature_blocks
-    if not blocks:
+    wants = run.orderer.wants
+    if wants.kind == "nothing":
         return None
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.no_grad():
         tokens = run.model.embed(patchify(images, run.cfg.data.patch_size))
         with FlopCounterMode(display=False) as counter:
-            run.model.early_features(tokens, blocks)
+            run.model.answer(wants, tokens)
     return counter.get_total_flops() / 1e9
 
 

@@ -4,13 +4,15 @@ write ``order.json`` and ``order.png``, and end with one JSON line of the result
 
 from __future__ import annotations
 
+import functools
 import json
-import sys
 import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from ..checks import check_complete, check_int
+from ..cli import bad_input, run_command
 from ..config import compose_config
 from ..data import create_dataset, grid_shape
 from ..plotting import save_orders_png
@@ -30,19 +32,28 @@ def rank_grid(order, grid: tuple[int, int]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    cfg = compose_config(sys.argv[1:] if argv is None else argv, config_name="priors")
+def main(argv: list[str] | None = None) -> dict | None:
+    """``diffsort-priors prior=<name> data=<name> [key=value ...]``: compute one prior."""
+    summary = "Compute a prior's patch order on a dataset's training images and draw it."
+    compose = functools.partial(compose_config, config_name="priors")
+    cfg = run_command("diffsort-priors", summary, "priors", compose, argv)
+    if cfg is None:
+        return None
     name, patch_size = cfg.prior.name, cfg.data.patch_size
-    settings = OmegaConf.to_container(cfg.prior.settings, resolve=True)
-    max_images = settings.pop("max_images")
-    train_set, _ = create_dataset(
-        cfg.data.name, **OmegaConf.to_container(cfg.data.options, resolve=True)
-    )
-    images = prior_images(train_set, max_images, cfg.seed)
-    grid = grid_shape(images.shape[2], images.shape[3], patch_size)
-    started = time.perf_counter()
-    prior = PRIORS[name](images, patch_size, **settings)
-    seconds = time.perf_counter() - started
+    with bad_input():
+        check_complete(cfg)
+        check_int("seed", cfg.seed)
+        check_int("data.patch_size", patch_size, 1)
+        settings = OmegaConf.to_container(cfg.prior.options, resolve=True)
+        max_images = check_int("prior.options.max_images", settings.pop("max_images"), 1)
+        train_set, _ = create_dataset(
+            cfg.data.name, **OmegaConf.to_container(cfg.data.options, resolve=True)
+        )
+        images = prior_images(train_set, max_images, cfg.seed)
+        grid = grid_shape(images.shape[2], images.shape[3], patch_size)
+        started = time.perf_counter()
+        prior = PRIORS[name](images, patch_size, **settings)
+        seconds = time.perf_counter() - started
 
     print(f"# {name} on {cfg.data.name}: {len(images)} images, {grid[0]}x{grid[1]} patches")
     print(prior.table() if name == "compression_prior" else prior.table(grid))
@@ -66,6 +77,11 @@ def main(argv: list[str] | None = None) -> dict:
     save_orders_png({f"{name} ({cfg.data.name})": prior.order}, *grid, out / "order.png")
     print(json.dumps(result))
     return result
+
+
+def console() -> None:
+    """The ``diffsort-priors`` console script (``main``, returning no value)."""
+    main()
 
 
 if __name__ == "__main__":
