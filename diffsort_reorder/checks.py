@@ -1,47 +1,32 @@
-"""What a run config can get wrong, checked before any data is loaded or any step is trained.
-
-:func:`check_config` is the one gate: the command line runs it inside its one-line error frame,
-the study runs it on every run config a study will compose, and ``build_run`` runs it again.
-Each refusal names the key, the value and what is accepted.
-"""
+"""Checks of single config values: each returns the value or refuses it with a ``ValueError``
+that names the key, the value and what is accepted."""
 
 from __future__ import annotations
 
 import math
 import numbers
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from estimators import create_estimator
-from estimators.registry import ESTIMATORS
 
-from .methods import kind_of
-from .model import POS_EMBEDS
-from .runtime import use_amp
-from .schedules import TAU_SCHEDULES
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _is_real(value) -> bool:
+def is_real(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_int(key: str, value, minimum: int = 0) -> int:
     """An integer >= ``minimum``."""
-    if not _is_int(value) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise ValueError(f"'{key}' should be an integer >= {minimum} but got {value!r}")
     return int(value)
 
 
 def check_number(key: str, value, minimum: float = 0.0, strict: bool = True) -> float:
     """A finite number > ``minimum`` (>= when not ``strict``)."""
-    ok = _is_real(value) and math.isfinite(value)
+    ok = is_real(value) and math.isfinite(value)
     if not ok or (value <= minimum if strict else value < minimum):
         bound = f"{'>' if strict else '>='} {minimum:g}"
         raise ValueError(f"'{key}' should be a number {bound} but got {value!r}")
@@ -66,99 +51,16 @@ def check_clip(key: str, value) -> float:
     """A max gradient norm: a number > 0, or null (no clip: inf)."""
     if value is None:
         return math.inf
-    if not _is_real(value) or not value > 0:
+    if not is_real(value) or not value > 0:
         raise ValueError(f"'{key}' should be a number > 0 or null (no clip) but got {value!r}")
     return float(value)
 
 
-def _optional(check):
-    return lambda key, value: None if value is None else check(key, value)
-
-
-def _progress(key: str, value):
-    return value if value == "auto" else check_bool(key, value)
-
-
-def _path(key: str, value) -> str:
+def check_path(key: str, value) -> str:
+    """A non-empty path."""
     if not isinstance(value, str) or not value:
         raise ValueError(f"'{key}' should be a path but got {value!r}")
     return value
-
-
-# Every trainer setting and its check; a key not listed here is refused.
-TRAINER = {
-    "epochs": lambda k, v: check_int(k, v, 1),
-    "batch_size": lambda k, v: check_int(k, v, 1),
-    "eval_batch_size": lambda k, v: check_int(k, v, 1),
-    "lr": check_number,
-    "weight_decay": lambda k, v: check_number(k, v, strict=False),
-    "warmup_epochs": check_int,
-    "grad_clip": check_clip,
-    "device": lambda k, v: check_choice(k, v, DEVICES),
-    "amp": lambda k, v: use_amp(v, torch.device("cpu")),
-    "compile": check_bool,
-    "checkpoint": check_bool,
-    "resume": check_bool,
-    "stop_after_epochs": _optional(check_int),
-    "log_every": lambda k, v: check_int(k, v, 1),
-    "image_every": lambda k, v: check_int(k, v, 1),
-    "progress": _progress,
-    "log_dir": _optional(_path),
-}
-CURRICULUM = ("fixed_epochs", "policy_epochs")
-
-
-def check_trainer(t: DictConfig, learned: bool) -> None:
-    """Every ``trainer.*`` key: known, of its type and range; warm-up and (for a learned method)
-    the curriculum fit in ``trainer.epochs``."""
-    for key in t:
-        if key != "curriculum" and key not in TRAINER:
-            raise ValueError(
-                f"'trainer.{key}' is not a trainer setting; the settings are: "
-                f"{', '.join([*TRAINER, 'curriculum'])}"
-            )
-    for key, check in TRAINER.items():
-        check(f"trainer.{key}", t.get(key))
-    if not isinstance(t.curriculum, DictConfig):
-        raise ValueError(
-            f"'trainer.curriculum' should hold {' and '.join(CURRICULUM)} but got {t.curriculum!r}"
-        )
-    unknown = sorted(set(t.curriculum) - set(CURRICULUM))
-    if unknown:
-        raise ValueError(
-            f"'trainer.curriculum.{unknown[0]}' is not a curriculum setting; the settings are: "
-            f"{', '.join(CURRICULUM)}"
-        )
-    fixed, policy = (check_int(f"trainer.curriculum.{k}", t.curriculum.get(k)) for k in CURRICULUM)
-    if t.warmup_epochs > t.epochs:
-        raise ValueError(
-            f"'trainer.warmup_epochs' should be at most trainer.epochs ({t.epochs}) but got "
-            f"{t.warmup_epochs}"
-        )
-    if learned and fixed + policy > t.epochs:
-        raise ValueError(
-            f"'trainer.curriculum' needs fixed_epochs + policy_epochs <= trainer.epochs "
-            f"({t.epochs}) but got {fixed} + {policy}"
-        )
-
-
-def check_estimator(est: DictConfig) -> None:
-    """The estimator group: lr, clip, temperature schedule, and its options (checked by building
-    it on two tokens, with the random stream left alone)."""
-    check_number("estimator.lr", est.lr)
-    check_clip("estimator.grad_clip", est.get("grad_clip"))
-    check_choice("estimator.tau.schedule", est.tau.schedule, list(TAU_SCHEDULES))
-    low, high = est.tau.min, est.tau.max
-    if not (_is_real(low) and _is_real(high) and 0 < low <= high):
-        raise ValueError(
-            f"'estimator.tau' should have 0 < min <= max (estimators need tau > 0) but got "
-            f"min={low!r}, max={high!r}"
-        )
-    options = OmegaConf.to_container(est.get("options") or {}, resolve=True)
-    if "dim" in ESTIMATORS[est.name].extra_required:
-        options.setdefault("dim", 1)
-    with torch.random.fork_rng(devices=[]):
-        create_estimator(est.name, num_tokens=2, **options)
 
 
 def check_complete(cfg: DictConfig) -> None:
@@ -168,18 +70,3 @@ def check_complete(cfg: DictConfig) -> None:
         raise ValueError(
             f"'{missing[0]}' has no value; give it on the command line: {missing[0]}=..."
         )
-
-
-def check_config(cfg: DictConfig) -> None:
-    """A run config as ``diffsort-train`` takes it: every value given, the method, the seed, the
-    positional embedding, the patch size, the trainer and the estimator."""
-    check_complete(cfg)
-    learned = kind_of(cfg.method) == "learned"  # an unknown method raises, naming the known ones
-    check_int("seed", cfg.seed)
-    check_choice("pos_embed", cfg.pos_embed, POS_EMBEDS)
-    check_int("data.patch_size", cfg.data.patch_size, 1)
-    check_trainer(cfg.trainer, learned and cfg.get("order") is None)
-    _path("output_dir", cfg.output_dir)
-    est = cfg.get("estimator")
-    if est is not None:
-        check_estimator(est)

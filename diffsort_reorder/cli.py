@@ -29,7 +29,12 @@ FULL_ERROR = "DIFFSORT_FULL_ERROR"
 EXIT_BAD_INPUT = 2
 # Inside a command's setup these are the user's input: a value, a key, a name, a missing folder.
 BAD_INPUT = (ValueError, TypeError, FileNotFoundError, HydraException, OmegaConfBaseException)
-GROUPS = ("data", "backbone", "estimator", "prior", "trainer", "study")
+# The config groups each command's overrides may pick from, by its primary config.
+GROUPS = {
+    "config": ("data", "backbone", "estimator", "prior", "trainer"),
+    "study": ("study", "data", "backbone", "estimator", "prior", "trainer"),
+    "priors": ("data", "prior"),
+}
 
 
 def describe(err: BaseException) -> str:
@@ -75,19 +80,22 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
-def group_options() -> dict[str, list[str]]:
-    """The config files of each group, as ``group=<name>`` accepts them."""
+def group_options(config_name: str) -> dict[str, list[str]]:
+    """The config files of each group ``config_name`` composes, as ``group=<name>`` takes them."""
     root = importlib.resources.files("diffsort_reorder.configs")
+    found = {
+        group: [p.name for p in root.joinpath(group).iterdir()] for group in GROUPS[config_name]
+    }
     return {
-        group: sorted(
-            p.name[:-5] for p in root.joinpath(group).iterdir() if p.name.endswith(".yaml")
-        )
-        for group in GROUPS
+        group: sorted(n[:-5] for n in names if n.endswith(".yaml"))
+        for group, names in found.items()
     }
 
 
 def usage(prog: str, summary: str, config_name: str) -> str:
-    groups = "\n".join(f"  {group}: {', '.join(names)}" for group, names in group_options().items())
+    groups = "\n".join(
+        f"  {group}: {', '.join(names)}" for group, names in group_options(config_name).items()
+    )
     return (
         f"usage: {prog} [key=value ...] [--cfg] [--help]\n\n{summary}\n\n"
         f"Overrides (Hydra's syntax) apply to configs/{config_name}.yaml; groups:\n{groups}\n"

@@ -31,6 +31,11 @@ from .methods import is_fixed, is_per_image, kind_of
 from .plotting import orders_figure
 from .stats import paired_delta
 
+METRIC_MEANINGS = {
+    "val_acc": "the validation accuracy at the last epoch, with the order frozen",
+    "best_val_acc": "the best validation accuracy over all epochs, the fixed-order and policy "
+    "phases included",
+}
 COLUMNS = ["protocol", "method", "backbone", "data", "val_acc_mean", "val_acc_std", "n_seeds",
            "delta_vs_row_major", "delta_ci_low", "delta_ci_high", "significant", "best_fixed",
            "delta_vs_best_fixed", "best_fixed_ci_low", "best_fixed_ci_high",
@@ -401,7 +406,8 @@ def write_report(
         "else a percentile bootstrap (2000 resamples). **Bold**: the interval excludes 0. Each "
         "interval stands alone (no correction for the many comparisons of a table), and the best "
         "fixed order is picked on the same seeds it is compared on.  ",
-        f"Metric: `{metric}` at the last epoch, with the order frozen. Wall time: "
+        f"Metric: `{metric}`, {METRIC_MEANINGS[metric]} (the `val_acc_*` columns of results.csv "
+        f"hold it). Wall time: "
         f"{wall_seconds / 60:.1f} min (this invocation; runs already done are reused).  ",
         f"Code version: {', '.join(sorted(code)) or 'unknown'}",
         "",

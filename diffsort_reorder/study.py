@@ -43,9 +43,9 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from .backbones import list_backbones
-from .checks import check_config
 from .cli import bad_input, run_command
 from .config import compose_config, to_yaml, value_of
+from .config_checks import check_config
 from .methods import (
     check_not_oracle,
     check_start_orders,

@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 from .backbones import create_backbone
 from .checkpoint import load, save_atomic
-from .checks import check_clip, check_config
+from .checks import check_clip
 from .cli import bad_input, run_command
 from .config import RUNTIME_KEYS, compose_config, to_yaml
+from .config_checks import check_config
 from .data import create_dataset, grid_shape, key_recall, patchify
 from .methods import build_orderer
 from .model import PatchSequenceModel

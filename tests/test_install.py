@@ -30,6 +30,12 @@ TINY_RUN = [
 ]
 
 
+def pip(*args: str) -> None:
+    quiet = ("--no-deps", "-q", "--disable-pip-version-check")
+    subprocess.run([sys.executable, "-m", "pip", args[0], *quiet, *args[1:]], check=True,
+                   capture_output=True, timeout=300)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     # Built from a copy of the sources: setuptools reuses a checkout's build/ folder, which may
@@ -37,11 +43,7 @@ def wheel(tmp_path_factory) -> Path:
     source = tmp_path_factory.mktemp("source") / "diffsort-reorder"
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*NOT_SOURCES))
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "--disable-pip-version-check", "-w", str(out), str(source)],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
+    pip("wheel", "--no-build-isolation", "-w", str(out), str(source))
     (found,) = out.glob("diffsort_reorder-*.whl")
     return found
 
@@ -49,11 +51,7 @@ def wheel(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def installed(wheel, tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
-         "--disable-pip-version-check", "--target", str(target), str(wheel)],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
+    pip("install", "--no-index", "--target", str(target), str(wheel))
     return target
 
 

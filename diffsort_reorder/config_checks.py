@@ -1,0 +1,130 @@
+"""What a run config can get wrong, checked before any data is loaded or any step is trained.
+
+:func:`check_config` is the one gate: the command line runs it inside its one-line error frame,
+the study runs it on every run config a study will compose, and ``build_run`` runs it again.
+Each refusal names the key, the value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from estimators import create_estimator
+from estimators.registry import ESTIMATORS
+
+from .checks import (
+    check_bool,
+    check_choice,
+    check_clip,
+    check_complete,
+    check_int,
+    check_number,
+    check_path,
+    is_real,
+)
+from .methods import kind_of
+from .model import POS_EMBEDS
+from .runtime import use_amp
+from .schedules import TAU_SCHEDULES
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _optional(check):
+    return lambda key, value: None if value is None else check(key, value)
+
+
+def _progress(key: str, value):
+    return value if value == "auto" else check_bool(key, value)
+
+
+# Every trainer setting and its check; a key not listed here is refused.
+TRAINER = {
+    "epochs": lambda k, v: check_int(k, v, 1),
+    "batch_size": lambda k, v: check_int(k, v, 1),
+    "eval_batch_size": lambda k, v: check_int(k, v, 1),
+    "lr": check_number,
+    "weight_decay": lambda k, v: check_number(k, v, strict=False),
+    "warmup_epochs": check_int,
+    "grad_clip": check_clip,
+    "device": lambda k, v: check_choice(k, v, DEVICES),
+    "amp": lambda k, v: use_amp(v, torch.device("cpu")),
+    "compile": check_bool,
+    "checkpoint": check_bool,
+    "resume": check_bool,
+    "stop_after_epochs": _optional(check_int),
+    "log_every": lambda k, v: check_int(k, v, 1),
+    "image_every": lambda k, v: check_int(k, v, 1),
+    "progress": _progress,
+    "log_dir": _optional(check_path),
+}
+CURRICULUM = ("fixed_epochs", "policy_epochs")
+
+
+def check_trainer(t: DictConfig, learned: bool) -> None:
+    """Every ``trainer.*`` key: known, of its type and range; warm-up and (for a learned method)
+    the curriculum fit in ``trainer.epochs``."""
+    for key in t:
+        if key != "curriculum" and key not in TRAINER:
+            raise ValueError(
+                f"'trainer.{key}' is not a trainer setting; the settings are: "
+                f"{', '.join([*TRAINER, 'curriculum'])}"
+            )
+    for key, check in TRAINER.items():
+        check(f"trainer.{key}", t.get(key))
+    if not isinstance(t.curriculum, DictConfig):
+        raise ValueError(
+            f"'trainer.curriculum' should hold {' and '.join(CURRICULUM)} but got {t.curriculum!r}"
+        )
+    unknown = sorted(set(t.curriculum) - set(CURRICULUM))
+    if unknown:
+        raise ValueError(
+            f"'trainer.curriculum.{unknown[0]}' is not a curriculum setting; the settings are: "
+            f"{', '.join(CURRICULUM)}"
+        )
+    fixed, policy = (check_int(f"trainer.curriculum.{k}", t.curriculum.get(k)) for k in CURRICULUM)
+    if t.warmup_epochs > t.epochs:
+        raise ValueError(
+            f"'trainer.warmup_epochs' should be at most trainer.epochs ({t.epochs}) but got "
+            f"{t.warmup_epochs}"
+        )
+    if learned and fixed + policy > t.epochs:
+        raise ValueError(
+            f"'trainer.curriculum' needs fixed_epochs + policy_epochs <= trainer.epochs "
+            f"({t.epochs}) but got {fixed} + {policy}"
+        )
+
+
+def check_estimator(est: DictConfig) -> None:
+    """The estimator group: lr, clip, temperature schedule, and its options (checked by building
+    it on two tokens, with the random stream left alone)."""
+    check_number("estimator.lr", est.lr)
+    check_clip("estimator.grad_clip", est.get("grad_clip"))
+    check_choice("estimator.tau.schedule", est.tau.schedule, list(TAU_SCHEDULES))
+    low, high = est.tau.min, est.tau.max
+    if not (is_real(low) and is_real(high) and 0 < low <= high):
+        raise ValueError(
+            f"'estimator.tau' should have 0 < min <= max (estimators need tau > 0) but got "
+            f"min={low!r}, max={high!r}"
+        )
+    options = OmegaConf.to_container(est.get("options") or {}, resolve=True)
+    if "dim" in ESTIMATORS[est.name].extra_required:
+        options.setdefault("dim", 1)
+    with torch.random.fork_rng(devices=[]):
+        create_estimator(est.name, num_tokens=2, **options)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """A run config as ``diffsort-train`` takes it: every value given, the method, the seed, the
+    positional embedding, the patch size, the trainer and the estimator."""
+    check_complete(cfg)
+    learned = kind_of(cfg.method) == "learned"  # an unknown method raises, naming the known ones
+    check_int("seed", cfg.seed)
+    check_choice("pos_embed", cfg.pos_embed, POS_EMBEDS)
+    check_int("data.patch_size", cfg.data.patch_size, 1)
+    check_trainer(cfg.trainer, learned and cfg.get("order") is None)
+    check_path("output_dir", cfg.output_dir)
+    est = cfg.get("estimator")
+    if est is not None:
+        check_estimator(est)
