@@ -106,6 +106,10 @@ def test_the_installed_package_runs_from_any_folder(installed, tmp_path):
 
     bench = command(installed, tmp_path, str(installed / "bin" / "diffsort-bench"), "--help")
     assert bench.returncode == 0 and "estimators" in bench.stdout
+    for module in ("study", "train", "priors", "bench"):  # each module runs as python -m too
+        proc = command(installed, tmp_path, sys.executable, "-m", f"diffsort_reorder.{module}",
+                       "--help")  # fmt: skip
+        assert proc.returncode == 0 and proc.stdout.startswith(f"usage: diffsort-{module}")
 
     study = command(installed, tmp_path, str(installed / "bin" / "diffsort-study"), "study=smoke")
     assert study.returncode == 0, study.stderr[-3000:]
