@@ -14,9 +14,7 @@ import torch
 
 from estimators import (
     PermutationEstimator,
-    PermutationOutput,
     Wants,
-    apply_permutation,
     create_estimator,
     list_estimators,
 )
@@ -69,7 +67,7 @@ class SaliencyProbeOrder(PermutationEstimator):
             )
         saliency = features[..., 0]  # (B, N)
         index = saliency.argsort(dim=-1, descending=self.place == "start", stable=True)  # (B, N)
-        return PermutationOutput(apply_permutation(tokens, index=index), index)
+        return self.indexed_output(tokens, index)
 
 
 # training-free per-image methods -> their probe

@@ -324,7 +324,7 @@ def fit(
             }
             checkpoint = {"config": resolved, **state, **modules, "rng": rng_state(),
                           "tau": run.orderer.tau}  # fmt: skip
-            save_atomic(checkpoint, Path(cfg.output_dir) / CHECKPOINT)
+            save_atomic(checkpoint, Path(resolved["output_dir"]) / CHECKPOINT)
             log.flush()
         # 4. Tell the caller (a study's pruner may stop the run here).
         if on_epoch is not None:
@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     cfg = run_command("diffsort-train", summary, "config", compose_config, argv)
     if cfg is None:
         return None
-    with bad_input():  # the config's values, then what it names: a data folder, a prior
+    with bad_input():  # the config's values (before seeding reads seed=), then what it names
         check_config(cfg)
         run = prepare_run(cfg)
     result = train(cfg, run=run)

@@ -199,7 +199,14 @@ class PermutationEstimator(nn.Module):
     def hard_output(self, tokens: torch.Tensor) -> PermutationOutput:
         """``order()`` applied to every image: what eval returns."""
         index = self.order().to(tokens.device).expand(tokens.shape[0], -1)  # (B, N)
-        return PermutationOutput(_permute_tokens(tokens, index), index)
+        return self.indexed_output(tokens, index)
+
+    def indexed_output(self, tokens: torch.Tensor, index: torch.Tensor, **fields):
+        """The :class:`PermutationOutput` that applies ``index (B, N)``, an index this estimator
+        has just built (a sort or a sample), plus ``fields`` (``log_prob``, ``aux``). Unchecked:
+        a built index is a permutation, and :func:`apply_permutation`'s check costs a device
+        sync per call."""
+        return PermutationOutput(_permute_tokens(tokens, index), index, **fields)
 
     def train_forward(self, tokens: torch.Tensor) -> PermutationOutput:
         """The estimator's training behaviour on checked ``tokens (B, N, D)``."""
@@ -386,7 +393,7 @@ class PlackettLuceEstimator(_Reinforce, PermutationEstimator):
         index = draws.to(tokens.device)[groups]  # (B, N)
         log_prob = _log_prob(self.logits, index, self.tau)  # (B,), at sampling tau
         aux = {"log_prob": log_prob.detach().mean(), "baseline": self.baseline.clone()}
-        return PermutationOutput(_permute_tokens(tokens, index), index, log_prob=log_prob, aux=aux)
+        return self.indexed_output(tokens, index, log_prob=log_prob, aux=aux)
 
     def surrogate_loss(self, out: PermutationOutput, per_sample_loss: torch.Tensor):
         if out.log_prob is None:  # an eval (hard, not sampled) output: nothing to reinforce

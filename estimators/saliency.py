@@ -23,7 +23,7 @@ from torch import nn
 
 from ._checks import check_count
 from .modules import PermutationEstimator, Wants, _Reinforce, ramp_scores
-from .permutation import PermutationOutput, _permute_tokens, apply_permutation
+from .permutation import PermutationOutput, apply_permutation
 from .plackett_luce import _log_prob, plackett_luce_sample
 from .registry import register_estimator
 from .sorting import neuralsort, ot_sort, soft_rank_permutation, softsort, sort_permutation
@@ -99,13 +99,12 @@ class SaliencyEstimator(_Reinforce, PermutationEstimator):
         s = self.scores(tokens, features)  # (B, N)
         if not self.training:
             index = sort_permutation(s.detach())  # (B, N): each image its own order
-            return PermutationOutput(_permute_tokens(tokens, index), index)
+            return self.indexed_output(tokens, index)
         if self.relaxation == "plackett_luce":
             index = plackett_luce_sample(s, 1, self.tau)[0]  # (B, N)
             log_prob = _log_prob(s, index, self.tau)  # (B,), at the sampling tau
             aux = {"log_prob": log_prob.detach().mean(), "baseline": self.baseline.clone()}
-            out = _permute_tokens(tokens, index)
-            return PermutationOutput(out, index, log_prob=log_prob, aux=aux)
+            return self.indexed_output(tokens, index, log_prob=log_prob, aux=aux)
         P = RELAXATIONS[self.relaxation](s, tau=self.tau, hard=self.hard)  # (B, N, N)
         index = sort_permutation(s.detach())
         aux = {"score_std": s.detach().std(-1, correction=0).mean()}
