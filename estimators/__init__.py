@@ -16,7 +16,8 @@ from .plackett_luce import (
     plackett_luce_sequential_entropy,
 )
 from .registry import create_estimator, list_estimators, register_estimator
-from .sinkhorn import SinkhornConvergenceWarning, gumbel_sinkhorn, sinkhorn
+from .scan import softsort_apply
+from .sinkhorn import SinkhornConvergenceWarning, SinkhornFallbackWarning, gumbel_sinkhorn, sinkhorn
 from .sinkhorn import marginal_error as marginal_error
 from .sinkhorn import sample_gumbel as sample_gumbel
 from .sinkhorn import sinkhorn_ref as sinkhorn_ref
@@ -29,6 +30,7 @@ __all__ = [
     "PermutationEstimator",
     "PermutationOutput",
     "SinkhornConvergenceWarning",
+    "SinkhornFallbackWarning",
     "Wants",
     "apply_permutation",
     "create_estimator",
@@ -44,5 +46,6 @@ __all__ = [
     "sinkhorn",
     "soft_rank_permutation",
     "softsort",
+    "softsort_apply",
     "sort_permutation",
 ]

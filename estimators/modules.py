@@ -23,7 +23,8 @@ from ._checks import (
 from .permutation import PermutationOutput, _permute_tokens, apply_permutation, hard_permutation
 from .plackett_luce import _log_prob, _sequential_entropy, plackett_luce_sample
 from .registry import register_estimator
-from .sinkhorn import BACKWARDS, gumbel_sinkhorn, marginal_error
+from .scan import softsort_apply, softsort_column_sums
+from .sinkhorn import BACKWARDS, fallback_count, gumbel_sinkhorn, marginal_error
 from .sorting import (
     REGULARIZATIONS,
     import_torchsort,
@@ -35,6 +36,10 @@ from .sorting import (
 )
 
 SAMPLES = ("batch", "image")
+MATERIALIZE_LIMIT = (
+    4096  # above this many tokens, estimators that can apply P without forming it do
+)
+SOFT_PATHS = ("apply", "matrix", "none")
 
 
 BASELINES = ("ema", "rloo")
@@ -114,6 +119,19 @@ def _soft_aux(P: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
+def _with_fallbacks(relax, scores: torch.Tensor):
+    """``relax(scores)`` and how many of its Sinkhorn calls fell back to the log domain."""
+    before = fallback_count()
+    P = relax(scores)
+    return P, torch.tensor(float(fallback_count() - before))
+
+
+def _check_materialize_limit(value) -> int | None:
+    if value is None:
+        return None
+    return check_count("materialize_limit", value, minimum=0)
+
+
 @dataclass(frozen=True)
 class Wants:
     """What an estimator asks the model for before it orders the tokens; the training loop
@@ -143,19 +161,36 @@ class PermutationEstimator(nn.Module):
     ``forward(tokens (B, N, D))`` returns a :class:`PermutationOutput`: in ``train()`` mode the
     estimator's training behaviour (soft, straight-through or sampled), in ``eval()`` mode always
     the hard permutation.
+
+    ``materialize_limit`` (default 4096; ``0`` = always apply, ``None`` = never): above this many
+    tokens an estimator with an apply path (:attr:`soft_path` ``"apply"``: SoftSort, and saliency
+    with its SoftSort relaxation) orders the tokens without forming ``P``, so ``out.soft`` is None
+    and the diagnostics that need ``P`` are computed without it or left out; one that can only
+    form ``P`` (``"matrix"``) refuses to be built for more tokens than that, since ``P`` would
+    need ``B N^2`` floats (10 GB per image at N = 50,176). From a config, where ``null`` means the
+    default as for every option, a number above the token count means never.
     """
 
     doubly_stochastic = False  # whether ``out.soft`` also has unit column sums
     is_global = True  # one order for every image (``order()``); False: an order per image
+    # How train mode orders the tokens: "apply" (a relaxation that can be applied without forming
+    # P, used above ``materialize_limit`` tokens), "matrix" (forms P (B, N, N) only, so refuses
+    # more than ``materialize_limit`` tokens) or "none" (hard or sampled orders, no P at all).
+    soft_path = "none"
     wants = Wants()  # what ``forward(tokens, features)`` needs from the model: nothing here
     # Keyword arguments beyond ``num_tokens`` that ``create_estimator`` must be given, each with
     # what it means: {"dim": "token width"}.
     extra_required: dict[str, str] = {}
 
-    def __init__(self, num_tokens: int, *, tau: float = 1.0, init_order=None) -> None:
+    def __init__(
+        self, num_tokens: int, *, tau: float = 1.0, init_order=None,
+        materialize_limit: int | None = MATERIALIZE_LIMIT,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.num_tokens = check_count("num_tokens", num_tokens)
         self.tau = tau
+        self.materialize_limit = _check_materialize_limit(materialize_limit)
+        self.check_materialize_limit()
         if init_order is None:
             init_order = torch.arange(self.num_tokens)
         init_order = torch.as_tensor(init_order)
@@ -166,6 +201,24 @@ class PermutationEstimator(nn.Module):
                 f"{tuple(init_order.shape)}"
             )
         self.register_buffer("init_order", init_order.clone())
+
+    def check_materialize_limit(self) -> None:
+        """Raise if this estimator would have to form ``P`` for more than ``materialize_limit``
+        tokens."""
+        limit, n = self.materialize_limit, self.num_tokens
+        if self.soft_path == "matrix" and limit is not None and n > limit:
+            gigabytes = 4 * n * n / 1e9
+            raise ValueError(
+                f"'materialize_limit' is {limit} but this estimator can only form its soft "
+                f"permutation as a matrix, (B, {n}, {n}) for num_tokens={n}: "
+                f"{gigabytes:.3g} GB per image in float32; use softsort (or saliency with "
+                f"relaxation='softsort'), which applies it in O(N D), or raise materialize_limit"
+            )
+
+    def applies(self) -> bool:
+        """Whether train mode applies the relaxation without forming ``P``."""
+        limit = self.materialize_limit
+        return self.soft_path == "apply" and limit is not None and self.num_tokens > limit
 
     @property
     def tau(self) -> float:
@@ -217,19 +270,33 @@ class PermutationEstimator(nn.Module):
         return per_sample_loss.new_zeros(())
 
     def extra_repr(self) -> str:
-        """``num_tokens`` and ``tau``, for ``repr(est)``."""
-        return f"num_tokens={self.num_tokens}, tau={self.tau:g}"
+        """``num_tokens``, ``tau`` and whether P is formed, for ``repr(est)``."""
+        path = f", soft_path={self.soft_path!r}" if self.soft_path != "none" else ""
+        applies = ", applies P without forming it" if self.applies() else ""
+        return f"num_tokens={self.num_tokens}, tau={self.tau:g}{path}{applies}"
 
 
 class _ScoreSortEstimator(PermutationEstimator):
-    """One learned score per token, relaxed to a soft permutation by ``self.relax``."""
+    """One learned score per token, relaxed to a soft permutation by ``self.relax`` (or, above
+    ``materialize_limit``, applied to the tokens by ``self.relax_apply``)."""
 
-    def __init__(self, num_tokens: int, *, tau=1.0, init_order=None, hard=False) -> None:
-        super().__init__(num_tokens, tau=tau, init_order=init_order)
+    soft_path = "matrix"
+
+    def __init__(
+        self, num_tokens: int, *, tau=1.0, init_order=None, hard=False,
+        materialize_limit=MATERIALIZE_LIMIT,
+    ) -> None:  # fmt: skip
+        super().__init__(
+            num_tokens, tau=tau, init_order=init_order, materialize_limit=materialize_limit
+        )
         self.hard = bool(hard)
         self.scores = nn.Parameter(ramp_scores(self.init_order))
 
     def relax(self, scores: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def relax_apply(self, scores: torch.Tensor, tokens: torch.Tensor):
+        """``(relax(scores) @ tokens, aux)`` without forming the matrix (``soft_path="apply"``)."""
         raise NotImplementedError
 
     def order(self) -> torch.Tensor:
@@ -237,19 +304,36 @@ class _ScoreSortEstimator(PermutationEstimator):
 
     def train_forward(self, tokens: torch.Tensor) -> PermutationOutput:
         b = tokens.shape[0]
-        P = self.relax(self.scores).unsqueeze(0)  # (1, N, N) in float32, shared by the batch
         index = self.order().to(tokens.device).expand(b, -1)  # (B, N)
+        if self.applies():
+            out, aux = self.relax_apply(self.scores, tokens)
+            if self.hard:  # straight-through on the tokens: (H - P.detach() + P) @ x
+                out = _permute_tokens(tokens, index) - out.detach() + out
+            return PermutationOutput(out, index, aux=aux)
+        P, fallbacks = _with_fallbacks(self.relax, self.scores)
+        P = P.unsqueeze(0)  # (1, N, N) in float32, shared by the batch
         aux = _soft_aux(P)
+        if self.doubly_stochastic:  # Sinkhorn inside
+            aux["log_domain_fallbacks"] = fallbacks
         out = apply_permutation(tokens, soft=P)
         return PermutationOutput(out, index, soft=P.expand(b, -1, -1), aux=aux)
 
 
 @register_estimator("softsort")
 class SoftSortEstimator(_ScoreSortEstimator):
-    """One learned score per token, relaxed by :func:`estimators.softsort`."""
+    """One learned score per token, relaxed by :func:`estimators.softsort`; above
+    ``materialize_limit`` tokens applied by :func:`estimators.softsort_apply` (O(N D)), with
+    ``aux["marginal_error"]`` from the column sums the same way and no ``row_entropy``."""
+
+    soft_path = "apply"
 
     def relax(self, scores):
         return softsort(scores, tau=self.tau, hard=self.hard)
+
+    def relax_apply(self, scores, tokens):
+        out = softsort_apply(scores, tokens, self.tau)  # (B, N, D): one order, scanned once
+        cols = softsort_column_sums(scores.detach(), self.tau)  # rows sum to 1 exactly
+        return out, {"marginal_error": (cols - 1).abs().max()}
 
 
 @register_estimator("neuralsort")
@@ -265,9 +349,15 @@ class TorchSortEstimator(_ScoreSortEstimator):
     """One learned score per token, relaxed by :func:`estimators.soft_rank_permutation`
     (torchsort's soft ranks; needs torchsort installed)."""
 
-    def __init__(self, num_tokens, *, tau=1.0, init_order=None, hard=False, regularization="l2"):
+    def __init__(
+        self, num_tokens, *, tau=1.0, init_order=None, hard=False, regularization="l2",
+        materialize_limit=MATERIALIZE_LIMIT,
+    ):  # fmt: skip
         import_torchsort()  # fail when built, not at the first training step
-        super().__init__(num_tokens, tau=tau, init_order=init_order, hard=hard)
+        super().__init__(
+            num_tokens, tau=tau, init_order=init_order, hard=hard,
+            materialize_limit=materialize_limit,
+        )  # fmt: skip
         if regularization not in REGULARIZATIONS:
             raise ValueError(
                 f"'regularization' should be one of {REGULARIZATIONS} but got {regularization!r}"
@@ -287,9 +377,12 @@ class OTSortEstimator(_ScoreSortEstimator):
 
     def __init__(
         self, num_tokens, *, tau=0.01, init_order=None, hard=False, n_iters=50,
-        backward="unrolled",
+        backward="unrolled", materialize_limit=MATERIALIZE_LIMIT,
     ):  # fmt: skip
-        super().__init__(num_tokens, tau=tau, init_order=init_order, hard=hard)
+        super().__init__(
+            num_tokens, tau=tau, init_order=init_order, hard=hard,
+            materialize_limit=materialize_limit,
+        )  # fmt: skip
         self.n_iters = check_count("n_iters", n_iters)
         if backward not in BACKWARDS:
             raise ValueError(f"'backward' should be one of {BACKWARDS} but got {backward!r}")
@@ -311,12 +404,15 @@ class GumbelSinkhornEstimator(PermutationEstimator):
     Hungarian assignment of log-alpha. ``init_scale`` is log-alpha's margin for ``init_order``."""
 
     doubly_stochastic = True
+    soft_path = "matrix"
 
     def __init__(
         self, num_tokens, *, tau=1.0, init_order=None, n_iters=20, noise=1.0, samples="batch",
-        hard=False, backward="unrolled", init_scale=1.0,
+        hard=False, backward="unrolled", init_scale=1.0, materialize_limit=MATERIALIZE_LIMIT,
     ):  # fmt: skip
-        super().__init__(num_tokens, tau=tau, init_order=init_order)
+        super().__init__(
+            num_tokens, tau=tau, init_order=init_order, materialize_limit=materialize_limit
+        )
         self.n_iters = check_count("n_iters", n_iters)
         self.noise = check_nonnegative("noise", noise)
         self.samples = _check_samples(samples)
@@ -334,11 +430,14 @@ class GumbelSinkhornEstimator(PermutationEstimator):
         b = tokens.shape[0]
         draws = b if self.samples == "image" else 1
         log_alpha = self.log_alpha.expand(draws, -1, -1)  # (S, N, N), never in half precision
-        P = gumbel_sinkhorn(
-            log_alpha, self.tau, self.n_iters, self.noise, backward=self.backward_mode
+        P, fallbacks = _with_fallbacks(
+            lambda x: gumbel_sinkhorn(
+                x, self.tau, self.n_iters, self.noise, backward=self.backward_mode
+            ),
+            log_alpha,
         )  # (S, N, N)
         index = hard_permutation(P).expand(b, -1)  # (B, N)
-        aux = _soft_aux(P)
+        aux = {**_soft_aux(P), "log_domain_fallbacks": fallbacks}
         if self.hard:
             hard = nn.functional.one_hot(index[:draws], self.num_tokens).to(P.dtype)
             P = hard - P.detach() + P
@@ -361,9 +460,11 @@ class PlackettLuceEstimator(_Reinforce, PermutationEstimator):
 
     def __init__(
         self, num_tokens, *, tau=1.0, init_order=None, samples="batch", momentum=0.99,
-        entropy_weight=0.0, num_samples=1, baseline="ema",
+        entropy_weight=0.0, num_samples=1, baseline="ema", materialize_limit=MATERIALIZE_LIMIT,
     ):  # fmt: skip
-        super().__init__(num_tokens, tau=tau, init_order=init_order)
+        super().__init__(
+            num_tokens, tau=tau, init_order=init_order, materialize_limit=materialize_limit
+        )
         self.samples = _check_samples(samples)
         self.num_samples = num_samples = check_count("num_samples", num_samples)
         if samples == "image" and num_samples != 1:
@@ -414,9 +515,10 @@ class PlackettLuceRLOOEstimator(PlackettLuceEstimator):
 
     def __init__(
         self, num_tokens, *, tau=1.0, init_order=None, momentum=0.99, entropy_weight=0.0,
-        num_samples=4,
+        num_samples=4, materialize_limit=MATERIALIZE_LIMIT,
     ):  # fmt: skip
         super().__init__(
             num_tokens, tau=tau, init_order=init_order, samples="batch", momentum=momentum,
             entropy_weight=entropy_weight, num_samples=num_samples, baseline="rloo",
+            materialize_limit=materialize_limit,
         )  # fmt: skip

@@ -11,9 +11,11 @@ moves it. Sorting is descending (slot 0 gets the highest score).
 
 Training goes through a differentiable relaxation of the per-image sort (``softsort``,
 ``neuralsort``, ``torchsort``, ``ot_sort``) or through Plackett-Luce REINFORCE over the per-image
-scores (``plackett_luce``); eval applies the hard per-image argsort. After a training loop's
-policy phase the head is frozen, but its features still come from backbone blocks that keep
-training, so per-image orders can still move then.
+scores (``plackett_luce``); eval applies the hard per-image argsort. With ``softsort``, above
+``materialize_limit`` tokens each image's soft permutation is applied by
+:func:`estimators.softsort_apply` without forming it; the matrix relaxations refuse that many.
+After a training loop's policy phase the head is frozen, but its features still come from
+backbone blocks that keep training, so per-image orders can still move then.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import torch
 from torch import nn
 
 from ._checks import check_count
-from .modules import PermutationEstimator, Wants, _Reinforce, ramp_scores
-from .permutation import PermutationOutput, apply_permutation
+from .modules import MATERIALIZE_LIMIT, PermutationEstimator, Wants, _Reinforce, ramp_scores
+from .permutation import PermutationOutput, _permute_tokens, apply_permutation
 from .plackett_luce import _log_prob, plackett_luce_sample
 from .registry import register_estimator
+from .scan import softsort_apply
 from .sorting import neuralsort, ot_sort, soft_rank_permutation, softsort, sort_permutation
 
 RELAXATIONS = {
@@ -35,6 +38,7 @@ RELAXATIONS = {
     "ot_sort": ot_sort,
     "plackett_luce": None,  # sampled, with the REINFORCE term
 }
+SOFT_PATHS = {"softsort": "apply", "plackett_luce": "none"}  # the others form P: "matrix"
 
 
 @register_estimator("saliency")
@@ -47,13 +51,17 @@ class SaliencyEstimator(_Reinforce, PermutationEstimator):
 
     def __init__(
         self, num_tokens, *, dim, tau=1.0, init_order=None, relaxation="softsort", hidden=64,
-        feature_blocks=1, hard=False, momentum=0.99,
+        feature_blocks=1, hard=False, momentum=0.99, materialize_limit=MATERIALIZE_LIMIT,
     ) -> None:  # fmt: skip
-        super().__init__(num_tokens, tau=tau, init_order=init_order)
+        super().__init__(
+            num_tokens, tau=tau, init_order=init_order, materialize_limit=materialize_limit
+        )
         if relaxation not in RELAXATIONS:
             raise ValueError(
                 f"'relaxation' should be one of {tuple(RELAXATIONS)} but got {relaxation!r}"
             )
+        self.soft_path = SOFT_PATHS.get(relaxation, "matrix")
+        self.check_materialize_limit()
         self.dim = check_count("dim", dim)
         self.relaxation, self.hard = relaxation, bool(hard)
         blocks = check_count("feature_blocks", feature_blocks, minimum=0)
@@ -105,9 +113,14 @@ class SaliencyEstimator(_Reinforce, PermutationEstimator):
             log_prob = _log_prob(s, index, self.tau)  # (B,), at the sampling tau
             aux = {"log_prob": log_prob.detach().mean(), "baseline": self.baseline.clone()}
             return self.indexed_output(tokens, index, log_prob=log_prob, aux=aux)
-        P = RELAXATIONS[self.relaxation](s, tau=self.tau, hard=self.hard)  # (B, N, N)
         index = sort_permutation(s.detach())
         aux = {"score_std": s.detach().std(-1, correction=0).mean()}
+        if self.applies():  # each image's SoftSort applied without its matrix
+            out = softsort_apply(s, tokens, self.tau)  # (B, N, D)
+            if self.hard:
+                out = _permute_tokens(tokens, index) - out.detach() + out
+            return PermutationOutput(out, index, aux=aux)
+        P = RELAXATIONS[self.relaxation](s, tau=self.tau, hard=self.hard)  # (B, N, N)
         return PermutationOutput(apply_permutation(tokens, soft=P), index, soft=P, aux=aux)
 
     def surrogate_loss(self, out: PermutationOutput, per_sample_loss: torch.Tensor):

@@ -10,10 +10,13 @@ exactly and the columns within the marginal error (reported by ``marginal_error`
 round is taken in the log domain, which leaves every row and column with an entry of at least
 ``1/N``, so ``log_alpha`` of magnitude 1e6 (1e3 at tau = 1e-3) stays finite. The remaining rounds
 are scaling updates - one batched matrix-vector product each instead of an exp over ``N^2``
-entries - with the gauge between the two scalings fixed every round so that they cannot drift to
-overflow; they give the same iterates as log-domain rounds. Should a plan still come out
-non-finite (a support the scalings cannot follow), the call falls back to log-domain rounds.
-Half-precision input (autocast) is computed in float32.
+entries - with the gauge between the two scalings balanced every round (their ranges split
+evenly), so that neither drifts to overflow; they give the same iterates as log-domain rounds.
+Should a plan still come out non-finite (a support the scalings cannot follow), the call falls
+back to log-domain rounds under autograd, several times slower: :func:`fallback_count` counts
+those calls, the estimators report them in ``aux["log_domain_fallbacks"]``, and the first one in a
+process warns (:class:`SinkhornFallbackWarning`). Half-precision input (autocast) is computed in
+float32.
 
 Gradients, chosen with ``backward``:
 - ``"unrolled"`` (default): the exact gradient of the iterations that ran. Our backward keeps only
@@ -45,6 +48,31 @@ class SinkhornConvergenceWarning(UserWarning):
     """Sinkhorn stopped at ``n_iters`` before its marginal error fell below ``tol``."""
 
 
+class SinkhornFallbackWarning(UserWarning):
+    """A Sinkhorn call left its scaling path for the slower log-domain rounds."""
+
+
+_fallbacks = {"count": 0}
+
+
+def fallback_count() -> int:
+    """How many :func:`sinkhorn` calls in this process have fallen back to log-domain rounds."""
+    return _fallbacks["count"]
+
+
+def _note_fallback(shape: torch.Size, dtype: torch.dtype) -> None:
+    _fallbacks["count"] += 1
+    if _fallbacks["count"] == 1:
+        warnings.warn(
+            f"sinkhorn on log_alpha {tuple(shape)} in {dtype} overflowed its scalings and re-ran "
+            f"in the log domain (exact, but several times slower); later fallbacks are counted "
+            f"in estimators.sinkhorn.fallback_count() and an estimator's "
+            f"aux['log_domain_fallbacks'], not warned again",
+            SinkhornFallbackWarning,
+            stacklevel=3,
+        )
+
+
 def marginal_error(P: torch.Tensor) -> torch.Tensor:
     """Largest deviation of a row or column sum from 1, per matrix: ``(..., N, N) -> (...)``."""
     rows = (P.sum(-1) - 1).abs().amax(-1)
@@ -71,7 +99,7 @@ class _Rounds(NamedTuple):
     us: list  # u_t
     vs: list  # v_t, as computed
     v_ins: list  # the v that entered round t: 1 first, then v_{t-1} / c_{t-1}
-    cs: list  # c_t = max(v_t), (B, 1)
+    cs: list  # c_t = sqrt(max v_t / max u_t), (B, 1)
 
 
 def _scaling_rounds(
@@ -81,9 +109,12 @@ def _scaling_rounds(
 
     ``(u c, v / c)`` give the same plan for any ``c > 0``, and left alone ``u`` and ``v`` drift
     apart until they overflow (``max v`` ~ 1e30 after 100 rounds on hard inputs). So the ``v``
-    that enters each round is divided by its largest entry ``c``: the plan ``diag(u) K diag(v)``
-    of the last round is unchanged, and because it does not depend on ``c`` at all, holding
-    ``c`` constant keeps the gradient exact."""
+    that enters each round is divided by ``c = sqrt(max v / max u)``, which gives the next ``u``
+    and ``v`` the same largest entry: the range splits evenly between them. (Dividing by
+    ``max v`` instead pins ``v`` at 1 and pushes the whole range into ``u``, which overflows the
+    backward's squares in float32 at tau 0.1, N = 196.) The plan ``diag(u) K diag(v)`` of the
+    last round is unchanged, and because it does not depend on ``c`` at all, holding ``c``
+    constant keeps the gradient exact."""
     Kt = K.transpose(-1, -2).contiguous()
     v_in = K.new_ones(K.shape[:-1])  # (B, N)
     u = v = v_in
@@ -91,7 +122,7 @@ def _scaling_rounds(
     for t in range(rounds):
         u = 1.0 / _vecmat(v_in, Kt)  # 1 / (K v_in)
         v = 1.0 / _vecmat(u, K)  # 1 / (K^T u): columns of diag(u) K diag(v) sum to 1
-        c = v.amax(-1, keepdim=True)  # (B, 1)
+        c = (v.amax(-1, keepdim=True) / u.amax(-1, keepdim=True)).sqrt()  # (B, 1)
         if record:
             out.us.append(u)
             out.vs.append(v)
@@ -212,6 +243,7 @@ def sinkhorn(
         x = upcast(x)
         P = _sinkhorn_rounds(x, n_iters - 1, tol, check_every, backward)
         if not torch.isfinite(P).all():  # a support the scalings cannot follow: log domain
+            _note_fallback(shape, x.dtype)
             P = sinkhorn_ref(x.transpose(-1, -2), n_iters).transpose(-1, -2)
     P = P.transpose(-1, -2)
     if tol is not None:

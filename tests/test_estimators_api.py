@@ -37,13 +37,14 @@ PUBLIC_API = {
     "sort_permutation", "plackett_luce_sample", "plackett_luce_log_prob",
     "plackett_luce_sequential_entropy", "hard_permutation", "apply_permutation",
     "register_estimator", "create_estimator", "list_estimators", "PermutationEstimator",
-    "PermutationOutput", "SinkhornConvergenceWarning",
+    "PermutationOutput", "SinkhornConvergenceWarning", "SinkhornFallbackWarning",
     "Wants",  # what an estimator asks the model for (``est.wants``)
+    "softsort_apply",  # softsort(s) @ x without the N x N matrix
 }  # fmt: skip
 HELPERS = {"sinkhorn_ref": "sinkhorn", "sample_gumbel": "sinkhorn", "marginal_error": "sinkhorn",
            "ramp_scores": "modules"}  # fmt: skip
 SUBMODULES = ("permutation", "plackett_luce", "registry", "sinkhorn", "sorting", "modules",
-              "saliency")  # fmt: skip
+              "saliency", "scan")  # fmt: skip
 TORCHSORT_RECIPE = "pip install --no-build-isolation torchsort"
 
 

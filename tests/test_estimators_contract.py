@@ -1,4 +1,6 @@
-"""One contract, run over every registered estimator (timm's style of testing its models)."""
+"""One contract, run over every registered estimator (timm's style of testing its models), each
+below and above its ``materialize_limit``: below, the relaxations form ``P``; above, those with an
+apply path order the tokens without it (``out.soft`` None) and those without refuse to be built."""
 
 import inspect
 
@@ -13,6 +15,8 @@ B, N, D = 4, 9, 5
 EXPECTED = {"plackett_luce", "gumbel_sinkhorn", "softsort", "neuralsort", "torchsort", "ot_sort",
             "saliency"}  # fmt: skip
 NAMES = list_estimators()
+# below: never apply (P formed at any N); above: always apply (materialize_limit=0 < N).
+LIMITS = {"below": None, "above": 0}
 
 
 def init_order():
@@ -26,9 +30,21 @@ def sized(name, dim=D):
     return {"dim": dim} if "dim" in inspect.signature(ESTIMATORS[name]).parameters else {}
 
 
-def make(name, seed=0, **hparams):
+def make(name, limit="below", seed=0, **hparams):
     torch.manual_seed(seed)
+    hparams.setdefault("materialize_limit", LIMITS[limit])
     return create_estimator(name, num_tokens=N, init_order=init_order(), **sized(name), **hparams)
+
+
+def soft_path(name):
+    return make(name, "below").soft_path
+
+
+# Every estimator below its limit; above it, every one that can run there (the rest refuse it:
+# test_matrix_estimators_refuse_tokens_above_the_limit).
+CASES = [(name, "below") for name in NAMES] + [
+    (name, "above") for name in NAMES if soft_path(name) != "matrix"
+]
 
 
 def tokens(seed=1):
@@ -47,9 +63,9 @@ def test_registry_has_every_estimator():
     assert EXPECTED <= set(NAMES)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_shapes_and_types(name):
-    est = make(name)
+@pytest.mark.parametrize(("name", "limit"), CASES)
+def test_shapes_and_types(name, limit):
+    est = make(name, limit)
     out = est(tokens())
     assert isinstance(out, estimators.PermutationOutput)
     assert out.tokens.shape == (B, N, D) and out.index.shape == (B, N)
@@ -58,14 +74,22 @@ def test_shapes_and_types(name):
         assert out.soft.shape == (B, N, N)
     if out.log_prob is not None:
         assert out.log_prob.shape == (B,)
-    assert (out.soft is None) != (out.log_prob is None)  # pathwise or score-function
+    if est.applies():  # pathwise, without forming P
+        assert out.soft is None and out.log_prob is None
+    else:
+        assert (out.soft is None) != (out.log_prob is None)  # pathwise or score-function
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_soft_matrix_sums(name):
-    est = make(name, tau=0.5)
+@pytest.mark.parametrize(("name", "limit"), CASES)
+def test_soft_matrix_sums(name, limit):
+    est = make(name, limit, tau=0.5)
     x = tokens()
     out = est(x)
+    if est.applies():  # no P: the tokens equal what the matrix path gives
+        dense = make(name, "below", tau=0.5)
+        dense.load_state_dict(est.state_dict())
+        assert torch.allclose(out.tokens, dense(x).tokens, atol=1e-5)
+        return
     if out.soft is None:  # score-function estimators move whole tokens
         assert torch.equal(out.tokens, x.gather(1, out.index.unsqueeze(-1).expand(B, N, D)))
         return
@@ -80,10 +104,10 @@ def test_soft_matrix_sums(name):
     assert torch.allclose(out.tokens, out.soft @ x, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(("name", "limit"), CASES)
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_index_is_a_valid_permutation_and_nothing_is_nan(name, mode):
-    est = make(name)
+def test_index_is_a_valid_permutation_and_nothing_is_nan(name, limit, mode):
+    est = make(name, limit)
     est.train(mode == "train")
     out = est(tokens())
     assert torch.equal(out.index.sort(-1).values, torch.arange(N).expand(B, N))
@@ -91,9 +115,9 @@ def test_index_is_a_valid_permutation_and_nothing_is_nan(name, mode):
     assert all(torch.isfinite(torch.as_tensor(v)).all() for v in out.aux.values())
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_eval_is_hard_and_returns_init_order(name):
-    est = make(name).eval()
+@pytest.mark.parametrize(("name", "limit"), CASES)
+def test_eval_is_hard_and_returns_init_order(name, limit):
+    est = make(name, limit).eval()
     x = tokens()
     out = est(x)
     assert torch.equal(out.index, init_order().expand(B, N))  # the order itself, not its inverse
@@ -102,9 +126,9 @@ def test_eval_is_hard_and_returns_init_order(name):
     assert torch.equal(est.order(), init_order())
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_every_parameter_gets_a_gradient(name):
-    est = make(name)
+@pytest.mark.parametrize(("name", "limit"), CASES)
+def test_every_parameter_gets_a_gradient(name, limit):
+    est = make(name, limit)
     assert list(est.parameters())
     step(est, tokens(1))  # the first step sets REINFORCE's baseline
     est.zero_grad()
@@ -114,9 +138,9 @@ def test_every_parameter_gets_a_gradient(name):
         assert p.grad.abs().sum() > 0, pname
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_same_seed_same_result(name):
-    a, b = make(name, seed=5), make(name, seed=5)
+@pytest.mark.parametrize(("name", "limit"), CASES)
+def test_same_seed_same_result(name, limit):
+    a, b = make(name, limit, seed=5), make(name, limit, seed=5)
     torch.manual_seed(11)
     out_a = step(a, tokens())
     torch.manual_seed(11)
@@ -126,9 +150,9 @@ def test_same_seed_same_result(name):
         assert torch.equal(pa.grad, pb.grad)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_tau_can_be_set_every_step(name):
-    est = make(name)
+@pytest.mark.parametrize(("name", "limit"), CASES)
+def test_tau_can_be_set_every_step(name, limit):
+    est = make(name, limit)
     est.tau = 3.0
     torch.manual_seed(0)
     warm = est(tokens())
@@ -138,15 +162,17 @@ def test_tau_can_be_set_every_step(name):
     assert est.tau == 0.05
     if warm.soft is not None:
         assert not torch.allclose(warm.soft, cold.soft)
-    else:
+    elif warm.log_prob is not None:
         assert not torch.allclose(warm.log_prob, cold.log_prob)
+    else:  # applied without P
+        assert not torch.allclose(warm.tokens, cold.tokens)
     with pytest.raises(ValueError, match="'tau' should be a positive finite number but got 0"):
         est.tau = 0.0
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_single_token(name):
-    est = create_estimator(name, num_tokens=1, **sized(name, 2))
+@pytest.mark.parametrize(("name", "limit"), CASES)
+def test_single_token(name, limit):
+    est = create_estimator(name, num_tokens=1, materialize_limit=LIMITS[limit], **sized(name, 2))
     x = torch.randn(3, 1, 2)
     out = est(x)
     assert torch.allclose(out.tokens, x) and torch.equal(
@@ -155,16 +181,16 @@ def test_single_token(name):
     assert torch.equal(est.eval()(x).tokens, x)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_float64(name):
-    est = make(name).double()
+@pytest.mark.parametrize(("name", "limit"), CASES)
+def test_float64(name, limit):
+    est = make(name, limit).double()
     out = est(tokens().double())
     assert out.tokens.dtype == torch.float64
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_bad_input(name):
-    est = make(name)
+@pytest.mark.parametrize(("name", "limit"), CASES)
+def test_bad_input(name, limit):
+    est = make(name, limit)
     with pytest.raises(
         ValueError, match=f"'tokens' should be \\(B, {N}, D\\) but got \\(4, 8, 5\\)"
     ):
@@ -181,6 +207,21 @@ def test_bad_input(name):
         create_estimator(
             name, num_tokens=N, init_order=torch.zeros(N, dtype=torch.long), **sized(name)
         )
+
+
+@pytest.mark.parametrize("name", [name for name in NAMES if soft_path(name) == "matrix"])
+def test_matrix_estimators_refuse_tokens_above_the_limit(name):
+    make(name, materialize_limit=N)  # at the limit: built
+    with pytest.raises(ValueError, match=f"'materialize_limit' is {N - 1} but .*num_tokens={N}"):
+        make(name, materialize_limit=N - 1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("bad", [-1, 2.5, True])
+def test_bad_materialize_limit(name, bad):
+    error = TypeError if isinstance(bad, bool) else ValueError
+    with pytest.raises(error, match="'materialize_limit' should be an int >= 0"):
+        create_estimator(name, num_tokens=N, materialize_limit=bad, **sized(name))
 
 
 def test_unknown_estimator_lists_the_names():

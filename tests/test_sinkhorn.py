@@ -8,11 +8,14 @@ import torch
 
 from estimators import (
     SinkhornConvergenceWarning,
+    SinkhornFallbackWarning,
+    create_estimator,
     gumbel_sinkhorn,
     marginal_error,
     sinkhorn,
     sinkhorn_ref,
 )
+from estimators.sinkhorn import _fallbacks, fallback_count
 
 ATOL64 = 1e-10  # float64 agreement between two exact evaluations of the same iterations
 ATOL_POT = 1e-5  # our converged plan vs POT's, float32 inputs
@@ -85,6 +88,7 @@ def test_doubly_stochastic_and_batched_over_leading_dims():
     assert unbatched.shape == (7, 7) and torch.allclose(unbatched, P[1, 2], atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore::estimators.SinkhornFallbackWarning")  # it falls back
 @pytest.mark.parametrize("backward", ["unrolled", "implicit"])
 def test_finite_at_tiny_tau_and_huge_log_alpha(backward):
     torch.manual_seed(5)
@@ -159,10 +163,15 @@ def test_bad_tau(tau):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_long_runs_on_hard_inputs_stay_finite_and_exact(seed):
-    # Left alone, the two scalings drift apart and overflow after ~100 rounds on such inputs.
+    # Left alone, the two scalings drift apart and overflow after ~100 rounds on such inputs;
+    # balanced, their ranges reach 1e69 each here, which a gauge pinning max v at 1 would have
+    # pushed into u alone (1e139, past what the backward can square).
     g = torch.Generator().manual_seed(seed)
-    x = (3.0 * torch.randn(2, 8, 8, generator=g, dtype=torch.float64) / 0.01).requires_grad_()
-    P, R = sinkhorn(x, n_iters=300), sinkhorn_ref(x, n_iters=300)
+    x = (2.0 * torch.randn(2, 8, 8, generator=g, dtype=torch.float64) / 0.01).requires_grad_()
+    before = fallback_count()
+    P = sinkhorn(x, n_iters=300)
+    assert fallback_count() == before  # the scaling path ran, not the reference it is checked by
+    R = sinkhorn_ref(x, n_iters=300)
     assert torch.isfinite(P).all() and torch.allclose(P, R, atol=1e-8)
     G = torch.randn(2, 8, 8, generator=g, dtype=torch.float64)
     (gp,) = torch.autograd.grad((P * G).sum(), x)
@@ -194,3 +203,53 @@ def test_second_derivatives_are_refused_not_wrong():
     (g,) = torch.autograd.grad(sinkhorn(x, n_iters=5).square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|not differentiable twice"):
         g.sum().backward()
+
+
+def estimator_like_log_alpha(n, seed, batch=16):
+    """What the gumbel_sinkhorn estimator feeds Sinkhorn: a one-hot init plus what training adds."""
+    g = torch.Generator().manual_seed(seed)
+    one_hot = torch.eye(n)[torch.randperm(n, generator=g)]
+    return (one_hot + 0.5 * torch.randn(n, n, generator=g)).expand(batch, n, n).clone(), g
+
+
+@pytest.mark.parametrize("n", [64, 196])
+@pytest.mark.parametrize("tau", [0.1, 0.05])
+def test_float32_gumbel_sinkhorn_stays_on_the_scaling_path(n, tau):
+    # A gauge that pins max v at 1 pushed the whole range into u: 4/5 seeds fell back to the
+    # log domain at N=196, tau 0.1, and 5/5 at tau 0.05.
+    before = fallback_count()
+    for seed in range(5):
+        log_alpha, g = estimator_like_log_alpha(n, seed)
+        log_alpha.requires_grad_()
+        P = gumbel_sinkhorn(log_alpha, tau, n_iters=20, noise=1.0, generator=g)
+        (P * torch.randn(P.shape, generator=g)).sum().backward()
+        assert torch.isfinite(P).all() and torch.isfinite(log_alpha.grad).all()
+    assert fallback_count() == before
+
+
+def test_a_fallback_is_counted_and_warned_once(monkeypatch):
+    monkeypatch.setitem(_fallbacks, "count", 0)  # as in a fresh process
+    torch.manual_seed(5)
+    log_alpha = 1e3 * torch.randn(4, 32, 32)  # overflows the scalings at tau 1e-3
+    with pytest.warns(SinkhornFallbackWarning, match="re-ran in the log domain"):
+        P = gumbel_sinkhorn(log_alpha, tau=1e-3, noise=0.0)
+    assert torch.isfinite(P).all() and fallback_count() == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gumbel_sinkhorn(log_alpha, tau=1e-3, noise=0.0)
+    assert fallback_count() == 2
+
+
+def test_estimators_report_fallbacks_in_aux():
+    torch.manual_seed(5)
+    est = create_estimator("gumbel_sinkhorn", num_tokens=32, noise=0.0)
+    out = est(torch.randn(2, 32, 3))
+    assert float(out.aux["log_domain_fallbacks"]) == 0
+    torch.manual_seed(5)
+    with torch.no_grad():  # the third of test_a_fallback_is_counted_and_warned_once's inputs
+        est.log_alpha.copy_(1e3 * torch.randn(4, 32, 32)[2])
+    est.tau = 1e-3  # beyond what the scalings can follow
+    out = est(torch.randn(2, 32, 3))
+    assert float(out.aux["log_domain_fallbacks"]) == 1 and torch.isfinite(out.tokens).all()
+    ot = create_estimator("ot_sort", num_tokens=12)
+    assert float(ot(torch.randn(2, 12, 3)).aux["log_domain_fallbacks"]) == 0

@@ -1,0 +1,227 @@
+"""SoftSort applied without its ``N x N`` matrix: ``softsort(s, tau) @ x`` in O(N D).
+
+SoftSort's row ``m`` is ``softmax_j(-|t_m - s_j| / tau)`` with ``t`` the scores sorted
+descending, so with the tokens taken in the same sorted order, ``xs``,
+
+    (P @ x)_m = sum_k K_mk xs_k / sum_k K_mk,    K_mk = exp(-|t_m - t_k| / tau).
+
+``K v`` splits at ``m`` into a forward and a backward decayed sum,
+
+    F_m = sum_{k <= m} exp(-(t_k - t_m) / tau) v_k,
+    B_m = sum_{k >= m} exp(-(t_m - t_k) / tau) v_k,
+    K v = (F - v) + v + (B - v),
+
+and each is a linear recurrence ``F_m = exp(-(t_{m-1} - t_m) / tau) F_{m-1} + v_m``. Feeding
+``v = [xs, 1]`` gives the numerator and the normaliser (at least 1, the item's own term) in one
+pass. Only differences of sorted scores, all ``>= 0``, are exponentiated, so every factor lies in
+[0, 1]: the factorisation ``exp(-t_m / tau) exp(t_k / tau)`` overflows in float32 already for
+scores in [0, 1] at tau 0.01. The recurrence runs chunked: dense lower-triangular blocks of
+``CHUNK`` items, then the same scan over the chunks' last items carries each block's total into
+the next, recursively, so the work is a few batched matrix products rather than ``N`` steps.
+
+The backward pass is its own, also O(N D), from the same scans (nothing per step is kept): for a
+cotangent ``w`` of ``K v``, ``grad v = K w`` and, since each sorted score is both row ``m``'s
+target and column ``m``'s key,
+
+    grad t_m = -(w_m . A(v)_m + v_m . A(w)_m) / tau,
+    A(v)_m = sum_k sign(t_m - t_k) K_mk v_k = (B_m - v_m) - (F_m - v_m).
+
+Ties. A tied pair contributes no derivative, as ``|0|' = 0`` makes it in dense
+:func:`estimators.softsort` under autograd: the scans count tied neighbours on one side, and a
+second pair of scans over runs of equal scores takes them out again (run only when the scores hold
+a tie). So all-equal scores have exactly zero score gradient. Within a run of ties, the rows'
+gradients go to the tied items in the order of a stable descending sort (item order), where dense
+SoftSort follows ``torch.sort``'s unspecified order: the sums over each run agree.
+
+:func:`softsort_apply_ref` is the plain dense ``softsort(s, tau) @ x`` both are tested against.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ._checks import check_float_tensor, check_positive, check_same_device
+from .sorting import softsort
+
+CHUNK = 64  # block length of the chunked scan: 64 x 64 blocks keep the matmuls efficient
+
+
+def _exp_kernel(tau: float):
+    """``exp(-gap / tau)`` for ``gap >= 0``; masked pairs (``gap = inf``) give exactly 0."""
+    return lambda gap: torch.exp(-gap / tau)
+
+
+def _tie_kernel(gap: torch.Tensor) -> torch.Tensor:
+    """1 for a tied pair, else 0: the ``tau -> 0`` limit of the exponential kernel."""
+    return (gap == 0).to(gap.dtype)
+
+
+def _forward_sums(t: torch.Tensor, v: torch.Tensor, kernel) -> torch.Tensor:
+    """``F_m = sum_{k <= m} kernel(t_k - t_m) v_k`` for descending ``t (R, N)``, ``v (R, N, C)``.
+
+    ``kernel`` must be multiplicative along the sorted order (``kernel(a + b) = kernel(a)
+    kernel(b)`` for gaps ``>= 0``), which lets the chunks' last items carry each block forward.
+    """
+    r, n, c = v.shape
+    chunks = -(-n // CHUNK)
+    pad = chunks * CHUNK - n
+    if pad:  # copies of the last score with zero values: they add nothing before them
+        t = torch.cat([t, t[:, -1:].expand(r, pad)], 1)
+        v = torch.cat([v, v.new_zeros(r, pad, c)], 1)
+    tc = t.view(r, chunks, CHUNK)  # (R, n_c, L)
+    gap = tc.unsqueeze(-2) - tc.unsqueeze(-1)  # (R, n_c, L, L): [m, k] = t_k - t_m
+    upper = torch.ones(CHUNK, CHUNK, dtype=torch.bool, device=t.device).triu(1)
+    weights = kernel(gap.masked_fill(upper, math.inf))  # zero above the diagonal (k > m)
+    local = weights @ v.view(r, chunks, CHUNK, c)  # (R, n_c, L, C): sums within each block
+    if chunks > 1:
+        ends = tc[:, :, -1]  # (R, n_c)
+        carried = _forward_sums(ends, local[:, :, -1], kernel)  # (R, n_c, C): F at block ends
+        into = kernel(ends[:, :-1].unsqueeze(-1) - tc[:, 1:])  # (R, n_c - 1, L)
+        local = torch.cat(
+            [local[:, :1], local[:, 1:] + into.unsqueeze(-1) * carried[:, :-1, None]], 1
+        )
+    return local.reshape(r, chunks * CHUNK, c)[:, :n]
+
+
+def _both_sums(t: torch.Tensor, v: torch.Tensor, kernel) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward and backward decayed sums without the item's own term, ``(F - v, B - v)``,
+    each ``(R, N, C)``: ``K v`` is their sum plus ``v``. Taking them one step back along the
+    recurrence (``F_m - v_m = kernel(t_{m-1} - t_m) F_{m-1}``) rather than subtracting ``v``
+    keeps the neighbours' small share exact when ``tau`` is small. ``B`` is ``F`` of the
+    reversed sequence with negated scores, which is again descending."""
+    forward = _forward_sums(t, v, kernel)
+    backward = _forward_sums(-t.flip(1), v.flip(1), kernel).flip(1)
+    step = kernel(t[:, :-1] - t[:, 1:]).unsqueeze(-1)  # (R, N - 1, 1): decay between neighbours
+    before = torch.cat([torch.zeros_like(v[:, :1]), step * forward[:, :-1]], 1)
+    after = torch.cat([step * backward[:, 1:], torch.zeros_like(v[:, :1])], 1)
+    return before, after
+
+
+def _signed_sums(t, v, before, after, has_ties: bool) -> torch.Tensor:
+    """``A(v)_m = sum_k sign(t_m - t_k) K_mk v_k`` from the scans, with ``sign(0) = 0``."""
+    if not has_ties:
+        return after - before
+    tied_before, tied_after = _both_sums(t, v, _tie_kernel)
+    # Differences of like sums first: all-tied scores give exactly zero.
+    return (after - tied_after) - (before - tied_before)
+
+
+class _SoftSortApply(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, scores, x, tau):
+        # scores (R, N), x (R, N, D), both in the compute dtype
+        t, order = scores.sort(dim=-1, descending=True, stable=True)  # (R, N)
+        xs = x.gather(1, order.unsqueeze(-1).expand_as(x))  # (R, N, D)
+        v = torch.cat([xs, xs.new_ones(xs.shape[:-1] + (1,))], -1)  # (R, N, D + 1)
+        before, after = _both_sums(t, v, _exp_kernel(tau))
+        total = before + v + after  # (R, N, D + 1): K v
+        norm = total[..., -1:]  # (R, N, 1), >= 1
+        y = total[..., :-1] / norm  # (R, N, D)
+        ctx.tau = tau
+        ctx.save_for_backward(t, order, v, before, after, norm, y)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        t, order, v, before, after, norm, y = ctx.saved_tensors
+        tau = ctx.tau
+        # The cotangent of K v: y = num / norm.
+        grad_norm = -(grad_y * y).sum(-1, keepdim=True) / norm  # (R, N, 1)
+        w = torch.cat([grad_y / norm, grad_norm], -1)  # (R, N, D + 1)
+        w_before, w_after = _both_sums(t, w, _exp_kernel(tau))
+        grad_xs = (w_before + w + w_after)[..., :-1]  # (R, N, D): K w, K symmetric
+        has_ties = bool((t[:, 1:] == t[:, :-1]).any())
+        signed_v = _signed_sums(t, v, before, after, has_ties)
+        signed_w = _signed_sums(t, w, w_before, w_after, has_ties)
+        grad_t = -((w * signed_v).sum(-1) + (v * signed_w).sum(-1)) / tau  # (R, N)
+        grad_scores = torch.zeros_like(grad_t).scatter_(1, order, grad_t)
+        grad_x = torch.zeros_like(grad_xs).scatter_(
+            1, order.unsqueeze(-1).expand_as(grad_xs), grad_xs
+        )
+        return grad_scores, grad_x, None
+
+
+def _check_apply_args(scores, x, tau) -> float:
+    check_float_tensor("scores", scores)
+    check_float_tensor("x", x, min_dim=2)
+    check_same_device(scores=scores, x=x)
+    if scores.shape[-1] != x.shape[-2]:
+        raise ValueError(
+            f"'x' should be (..., N, D) with N = {scores.shape[-1]} items, as 'scores' "
+            f"(..., N), but got 'x' of shape {tuple(x.shape)} and 'scores' of shape "
+            f"{tuple(scores.shape)}"
+        )
+    try:
+        torch.broadcast_shapes(scores.shape[:-1], x.shape[:-2])
+    except RuntimeError:
+        raise ValueError(
+            f"the leading dimensions of 'scores' {tuple(scores.shape[:-1])} and 'x' "
+            f"{tuple(x.shape[:-2])} should broadcast"
+        ) from None
+    return check_positive("tau", tau)
+
+
+def softsort_apply(scores: torch.Tensor, x: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """``softsort(scores, tau) @ x`` without forming the matrix: O(N D) time and memory.
+
+    Args:
+        scores: ``(..., N)``, one score per item; slot 0 gets the highest (descending).
+        x: ``(..., N, D)``, the items; leading dimensions broadcast against ``scores``'s, so one
+            score vector ``(N,)`` orders a whole batch ``(B, N, D)`` (its scan then runs once,
+            over ``B * D`` channels).
+        tau: SoftSort's temperature (the paper's tau, arXiv 2006.16038).
+
+    Returns ``(..., N, D)`` in ``x``'s dtype. Half-precision input (autocast) is computed in
+    float32; float64 stays float64. Ties: see the module.
+    """
+    tau = _check_apply_args(scores, x, tau)
+    out_dtype = x.dtype
+    dtype = torch.promote_types(_compute_dtype(scores), _compute_dtype(x))
+    n, d = x.shape[-2:]
+    batch = torch.broadcast_shapes(scores.shape[:-1], x.shape[:-2])
+    with torch.autocast(x.device.type, enabled=False):
+        scores, x = scores.to(dtype), x.to(dtype)
+        if scores.numel() == n:  # one order for every row: fold the rows into channels
+            rows = x.expand(batch + (n, d)).reshape(-1, n, d)  # (R, N, D)
+            folded = rows.permute(1, 0, 2).reshape(1, n, -1)  # (1, N, R * D)
+            y = _SoftSortApply.apply(scores.reshape(1, n), folded, tau)
+            y = y.reshape(n, -1, d).permute(1, 0, 2)  # (R, N, D)
+        else:
+            flat_scores = scores.expand(batch + (n,)).reshape(-1, n)  # (R, N)
+            y = _SoftSortApply.apply(flat_scores, x.expand(batch + (n, d)).reshape(-1, n, d), tau)
+    return y.reshape(batch + (n, d)).to(out_dtype)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+def softsort_apply_ref(scores: torch.Tensor, x: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Reference: the dense ``softsort(scores, tau) @ x`` under autograd (``N x N`` memory)."""
+    tau = _check_apply_args(scores, x, tau)
+    P = softsort(scores, tau)  # (..., N, N)
+    return (P.to(torch.promote_types(P.dtype, _compute_dtype(x))) @ x.to(P.dtype)).to(x.dtype)
+
+
+def softsort_column_sums(scores: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """The column sums ``softsort(scores, tau).sum(-2)``, ``(..., N)`` in item order, without the
+    matrix (no gradient): how far a SoftSort plan is from doubly stochastic (its rows sum to 1
+    exactly)."""
+    check_float_tensor("scores", scores)
+    tau = check_positive("tau", tau)
+    n = scores.shape[-1]
+    with torch.no_grad(), torch.autocast(scores.device.type, enabled=False):
+        s = scores.to(_compute_dtype(scores)).reshape(-1, n)  # (R, N)
+        t, order = s.sort(dim=-1, descending=True, stable=True)
+        kernel = _exp_kernel(tau)
+        ones = s.new_ones(s.shape + (1,))
+        before, after = _both_sums(t, ones, kernel)
+        inv_norm = 1.0 / (before + ones + after)  # (R, N, 1): 1 / row normaliser
+        before, after = _both_sums(t, inv_norm, kernel)
+        cols = (before + inv_norm + after).squeeze(-1)  # (R, N), sorted order
+        out = torch.zeros_like(cols).scatter_(1, order, cols)
+    return out.reshape(scores.shape)
