@@ -28,11 +28,49 @@ def test_target_checks_report_failures():
         row("ref: POT ot.sinkhorn, looped", 100.0, 10.0),
         row("sinkhorn (ours, implicit)", 1.0, 500.0, b=8, n=1024),
         row("ref: log-domain unrolled", 1.0, 1000.0, b=8, n=1024),
+        row("gumbel_sinkhorn (estimator, tau 0.1)", 100.0, 1.0),
+        row("gumbel_sinkhorn (estimator, tau 0.3)", 20.0, 1.0),
     ]
-    assert [c["holds"] for c in check_targets(rows)] == [False, False, False]
+    assert [c["holds"] for c in check_targets(rows)] == [False, False, False, False]
     rows[0].update(ms=10.0, max_abs_diff_vs_pot=1e-7)
     rows[2].update(peak_mb=50.0)
-    assert [c["holds"] for c in check_targets(rows)] == [True, True, True]
+    rows[4].update(ms=25.0)
+    assert [c["holds"] for c in check_targets(rows)] == [True, True, True, True]
+
+
+def test_long_benchmark_runs_small(capsys):
+    from diffsort_reorder.bench.long import check_targets as long_targets
+
+    result = main(["long", "--device", "cpu", "--sizes", "1x64,2x200", "--dim", "4",
+                   "--repeats", "1"])  # fmt: skip
+    functions = [(r["function"], r["B"], r["N"]) for r in result["rows"]]
+    assert functions == [
+        ("softsort_apply", 1, 64), ("dense softsort(s) @ x", 1, 64),
+        ("softsort_apply", 2, 200), ("dense softsort(s) @ x", 2, 200),
+        ("softsort estimator (train)", 8, 200),
+    ]  # fmt: skip
+    assert all(r["ms"] > 0 for r in result["rows"])
+    assert result["checks"] == long_targets(result["rows"]) == []  # no target size in this run
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["benchmark"] == "long"
+
+
+def test_long_benchmark_targets_report_failures():
+    from diffsort_reorder.bench.long import check_targets as long_targets
+
+    def row(function, b, n, ms, peak):
+        return dict(function=function, B=b, N=n, D=64, ms=ms, peak_mb=peak)
+
+    rows = [
+        row("softsort_apply", 1, 4096, 50.0, 10.0),
+        row("dense softsort(s) @ x", 1, 4096, 100.0, 300.0),
+        row("softsort_apply", 1, 50176, 700.0, 3000.0),
+        row("softsort estimator (train)", 8, 50176, 900.0, 3000.0),
+    ]
+    assert [c["holds"] for c in long_targets(rows)] == [False] * 4
+    rows[0].update(ms=20.0)
+    rows[2].update(ms=300.0, peak_mb=300.0)
+    rows[3].update(peak_mb=1200.0)
+    assert [c["holds"] for c in long_targets(rows)] == [True] * 4
 
 
 def test_train_step_benchmark_times_the_real_step():

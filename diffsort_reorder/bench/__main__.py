@@ -1,4 +1,4 @@
-"""``diffsort-bench {estimators,train} [--device ...] [--out results.json]`` (or
+"""``diffsort-bench {estimators,long,train} [--device ...] [--out results.json]`` (or
 ``python -m diffsort_reorder.bench``)."""
 
 from __future__ import annotations
@@ -9,20 +9,23 @@ from pathlib import Path
 import torch
 
 from ..cli import OneLineParser
-from . import estimators, train
+from . import estimators, long, train
 
-BENCHMARKS = {"estimators": estimators, "train": train}
+BENCHMARKS = {"estimators": estimators, "long": long, "train": train}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = OneLineParser(prog="diffsort-bench", description="Speed and memory benchmarks.")
     parser.add_argument("benchmark", choices=sorted(BENCHMARKS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--sizes", default=",".join(f"{b}x{n}" for b, n in estimators.SIZES),
-                        help="comma-separated BxN")  # fmt: skip
+    parser.add_argument("--sizes", help="comma-separated BxN (default: the benchmark's own)")
+    parser.add_argument("--dim", type=int, default=long.DIM, help="token width D (long)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.sizes is None:
+        sizes = getattr(BENCHMARKS[args.benchmark], "SIZES", estimators.SIZES)
+        args.sizes = ",".join(f"{b}x{n}" for b, n in sizes)
     result = BENCHMARKS[args.benchmark].main(args)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
