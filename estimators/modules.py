@@ -23,9 +23,10 @@ from ._checks import (
 from .permutation import PermutationOutput, _permute_tokens, apply_permutation, hard_permutation
 from .plackett_luce import _log_prob, _sequential_entropy, plackett_luce_sample
 from .registry import register_estimator
-from .scan import softsort_apply, softsort_column_sums
+from .scan import soft_rank_apply, softsort_apply, softsort_column_sums
 from .sinkhorn import BACKWARDS, fallback_count, gumbel_sinkhorn, marginal_error
 from .sorting import (
+    KERNELS,
     REGULARIZATIONS,
     import_torchsort,
     neuralsort,
@@ -184,9 +185,15 @@ class PermutationEstimator(nn.Module):
 
     def __init__(
         self, num_tokens: int, *, tau: float = 1.0, init_order=None,
-        materialize_limit: int | None = MATERIALIZE_LIMIT,
+        materialize_limit: int | None = MATERIALIZE_LIMIT, soft_path: str | None = None,
     ) -> None:  # fmt: skip
+        """``soft_path``: for subclasses whose path depends on an option (the class attribute
+        otherwise)."""
         super().__init__()
+        if soft_path is not None:
+            if soft_path not in SOFT_PATHS:
+                raise ValueError(f"'soft_path' should be one of {SOFT_PATHS} but got {soft_path!r}")
+            self.soft_path = soft_path
         self.num_tokens = check_count("num_tokens", num_tokens)
         self.tau = tau
         self.materialize_limit = _check_materialize_limit(materialize_limit)
@@ -284,11 +291,12 @@ class _ScoreSortEstimator(PermutationEstimator):
 
     def __init__(
         self, num_tokens: int, *, tau=1.0, init_order=None, hard=False,
-        materialize_limit=MATERIALIZE_LIMIT,
+        materialize_limit=MATERIALIZE_LIMIT, soft_path=None,
     ) -> None:  # fmt: skip
         super().__init__(
-            num_tokens, tau=tau, init_order=init_order, materialize_limit=materialize_limit
-        )
+            num_tokens, tau=tau, init_order=init_order, materialize_limit=materialize_limit,
+            soft_path=soft_path,
+        )  # fmt: skip
         self.hard = bool(hard)
         self.scores = nn.Parameter(ramp_scores(self.init_order))
 
@@ -347,25 +355,35 @@ class NeuralSortEstimator(_ScoreSortEstimator):
 @register_estimator("torchsort")
 class TorchSortEstimator(_ScoreSortEstimator):
     """One learned score per token, relaxed by :func:`estimators.soft_rank_permutation`
-    (torchsort's soft ranks; needs torchsort installed)."""
+    (torchsort's soft ranks; needs torchsort installed). ``kernel="l1"`` has an apply path
+    (:func:`estimators.scan.soft_rank_apply`): above ``materialize_limit`` tokens it orders them
+    without the matrix, with no ``aux`` diagnostics; ``"squared"`` (the default) only forms P."""
 
     def __init__(
         self, num_tokens, *, tau=1.0, init_order=None, hard=False, regularization="l2",
-        materialize_limit=MATERIALIZE_LIMIT,
+        kernel="squared", materialize_limit=MATERIALIZE_LIMIT,
     ):  # fmt: skip
         import_torchsort()  # fail when built, not at the first training step
-        super().__init__(
-            num_tokens, tau=tau, init_order=init_order, hard=hard,
-            materialize_limit=materialize_limit,
-        )  # fmt: skip
         if regularization not in REGULARIZATIONS:
             raise ValueError(
                 f"'regularization' should be one of {REGULARIZATIONS} but got {regularization!r}"
             )
-        self.regularization = regularization
+        if kernel not in KERNELS:
+            raise ValueError(f"'kernel' should be one of {KERNELS} but got {kernel!r}")
+        super().__init__(
+            num_tokens, tau=tau, init_order=init_order, hard=hard,
+            materialize_limit=materialize_limit,
+            soft_path="apply" if kernel == "l1" else "matrix",
+        )  # fmt: skip
+        self.regularization, self.kernel = regularization, kernel
 
     def relax(self, scores):
-        return soft_rank_permutation(scores, self.tau, self.regularization, hard=self.hard)
+        return soft_rank_permutation(
+            scores, self.tau, self.regularization, hard=self.hard, kernel=self.kernel
+        )
+
+    def relax_apply(self, scores, tokens):
+        return soft_rank_apply(scores, tokens, self.tau, self.regularization), {}
 
 
 @register_estimator("ot_sort")

@@ -53,15 +53,14 @@ class SaliencyEstimator(_Reinforce, PermutationEstimator):
         self, num_tokens, *, dim, tau=1.0, init_order=None, relaxation="softsort", hidden=64,
         feature_blocks=1, hard=False, momentum=0.99, materialize_limit=MATERIALIZE_LIMIT,
     ) -> None:  # fmt: skip
-        super().__init__(
-            num_tokens, tau=tau, init_order=init_order, materialize_limit=materialize_limit
-        )
         if relaxation not in RELAXATIONS:
             raise ValueError(
                 f"'relaxation' should be one of {tuple(RELAXATIONS)} but got {relaxation!r}"
             )
-        self.soft_path = SOFT_PATHS.get(relaxation, "matrix")
-        self.check_materialize_limit()
+        super().__init__(
+            num_tokens, tau=tau, init_order=init_order, materialize_limit=materialize_limit,
+            soft_path=SOFT_PATHS.get(relaxation, "matrix"),
+        )  # fmt: skip
         self.dim = check_count("dim", dim)
         self.relaxation, self.hard = relaxation, bool(hard)
         blocks = check_count("feature_blocks", feature_blocks, minimum=0)

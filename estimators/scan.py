@@ -44,7 +44,8 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._checks import check_float_tensor, check_positive, check_same_device
-from .sorting import softsort
+from ._precision import upcast
+from .sorting import _soft_ranks, softsort
 
 CHUNK = 64  # block length of the chunked scan: 64 x 64 blocks keep the matmuls efficient
 
@@ -225,3 +226,89 @@ def softsort_column_sums(scores: torch.Tensor, tau: float = 1.0) -> torch.Tensor
         cols = (before + inv_norm + after).squeeze(-1)  # (R, N), sorted order
         out = torch.zeros_like(cols).scatter_(1, order, cols)
     return out.reshape(scores.shape)
+
+
+def kernel_apply(
+    queries: torch.Tensor, keys: torch.Tensor, x: torch.Tensor, tau: float = 1.0
+) -> torch.Tensor:
+    """``softmax_j(-|queries_i - keys_j| / tau) @ x`` without the ``M x N`` matrix: the two-set
+    form of the same scans, for any L1 kernel between queries and keys (a soft permutation from
+    soft ranks, one Sinkhorn row update of OT sorting with p = 1).
+
+    Args:
+        queries: ``(..., M)``; keys: ``(..., N)``; x: ``(..., N, D)``, one row per key; leading
+            dimensions broadcast.
+        tau: the kernel's temperature.
+
+    Returns ``(..., M, D)`` in ``x``'s dtype, computed in float32 at least. The keys' forward and
+    backward sums are scanned once; each query then takes them at its nearest key above and
+    below, scaled by ``exp(-gap / tau)`` relative to the nearer of the two, so a query far from
+    every key (where each weight underflows) still gets the softmax of the nearest ones. The
+    gradient comes from autograd through the chunked scans: ``O(N * CHUNK)`` memory, no ``M x N``.
+    """
+    check_float_tensor("queries", queries)
+    check_float_tensor("keys", keys)
+    check_float_tensor("x", x, min_dim=2)
+    check_same_device(queries=queries, keys=keys, x=x)
+    if keys.shape[-1] != x.shape[-2]:
+        raise ValueError(
+            f"'x' should be (..., N, D) with N = {keys.shape[-1]} rows, one per key, but got "
+            f"'x' of shape {tuple(x.shape)} and 'keys' of shape {tuple(keys.shape)}"
+        )
+    tau = check_positive("tau", tau)
+    m, (n, d) = queries.shape[-1], x.shape[-2:]
+    try:
+        batch = torch.broadcast_shapes(queries.shape[:-1], keys.shape[:-1], x.shape[:-2])
+    except RuntimeError:
+        raise ValueError(
+            f"the leading dimensions of 'queries' {tuple(queries.shape[:-1])}, 'keys' "
+            f"{tuple(keys.shape[:-1])} and 'x' {tuple(x.shape[:-2])} should broadcast"
+        ) from None
+    dtype = torch.promote_types(_compute_dtype(keys), _compute_dtype(x))
+    dtype = torch.promote_types(dtype, _compute_dtype(queries))
+    with torch.autocast(x.device.type, enabled=False):
+        a = queries.to(dtype).expand(batch + (m,)).reshape(-1, m)  # (R, M)
+        b = keys.to(dtype).expand(batch + (n,)).reshape(-1, n)  # (R, N)
+        v = x.to(dtype).expand(batch + (n, d)).reshape(-1, n, d)  # (R, N, D)
+        y = _two_set_apply(a, b, v, tau)
+    return y.reshape(batch + (m, d)).to(x.dtype)
+
+
+def _two_set_apply(a, b, x, tau: float) -> torch.Tensor:
+    t, order = b.sort(dim=-1, descending=True, stable=True)  # (R, N)
+    xs = x.gather(1, order.unsqueeze(-1).expand_as(x))
+    v = torch.cat([xs, xs.new_ones(xs.shape[:-1] + (1,))], -1)  # (R, N, D + 1)
+    kernel = _exp_kernel(tau)
+    down = _forward_sums(t, v, kernel)  # (R, N, D + 1): keys above and at each key
+    up = _forward_sums(-t.flip(1), v.flip(1), kernel).flip(1)  # keys below and at each key
+    n = t.shape[1]
+    above = torch.searchsorted(-t.detach().contiguous(), -a.detach().contiguous(), right=True)
+    i_above, i_below = (above - 1).clamp(0, n - 1), above.clamp(max=n - 1)  # (R, M)
+    inf = torch.tensor(math.inf, dtype=t.dtype, device=t.device)
+    gap_above = torch.where(above > 0, t.gather(1, i_above) - a, inf)  # (R, M), >= 0
+    gap_below = torch.where(above < n, a - t.gather(1, i_below), inf)  # (R, M), > 0
+    nearest = torch.minimum(gap_above, gap_below)
+    w_above = torch.exp(-(gap_above - nearest) / tau).unsqueeze(-1)  # 1 for the nearer side
+    w_below = torch.exp(-(gap_below - nearest) / tau).unsqueeze(-1)
+    pick = lambda sums, i: sums.gather(1, i.unsqueeze(-1).expand(-1, -1, sums.shape[-1]))  # noqa: E731
+    total = w_above * pick(down, i_above) + w_below * pick(up, i_below)  # (R, M, D + 1)
+    return total[..., :-1] / total[..., -1:]
+
+
+def kernel_apply_ref(queries, keys, x, tau: float = 1.0) -> torch.Tensor:
+    """Reference: the dense ``softmax(-|queries_i - keys_j| / tau) @ x`` (``M x N`` memory)."""
+    P = torch.softmax(-(queries.unsqueeze(-1) - keys.unsqueeze(-2)).abs() / tau, dim=-1)
+    return P @ x
+
+
+def soft_rank_apply(
+    scores: torch.Tensor, x: torch.Tensor, tau: float = 1.0, regularization: str = "l2"
+) -> torch.Tensor:
+    """``soft_rank_permutation(scores, tau, regularization, kernel="l1") @ x`` without the
+    ``N x N`` matrix: torchsort's soft ranks (O(N log N)), then :func:`kernel_apply` between the
+    slots and the ranks. ``scores (..., N)``, ``x (..., N, D)`` -> ``(..., N, D)``."""
+    check_float_tensor("scores", scores)
+    tau = check_positive("tau", tau)
+    with torch.autocast(scores.device.type, enabled=False):
+        ranks, slots = _soft_ranks(upcast(scores), tau, regularization, "l1")
+    return kernel_apply(slots, ranks, x, tau)

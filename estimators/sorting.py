@@ -17,6 +17,7 @@ from ._precision import full_precision
 from .sinkhorn import sinkhorn
 
 REGULARIZATIONS = ("l2", "kl")
+KERNELS = ("squared", "l1")
 TORCHSORT_INSTALL = (
     "torchsort is not installed; it is source-only and builds against the installed torch: "
     "install torch first, then `pip install --no-build-isolation torchsort` (on a machine with "
@@ -103,26 +104,41 @@ def ot_sort(
 
 @full_precision
 def soft_rank_permutation(
-    scores: torch.Tensor, tau: float = 1.0, regularization: str = "l2", hard: bool = False
+    scores: torch.Tensor,
+    tau: float = 1.0,
+    regularization: str = "l2",
+    hard: bool = False,
+    kernel: str = "squared",
 ) -> torch.Tensor:
     """A soft permutation from torchsort's soft ranks (Blondel et al. 2020, arXiv 2002.08871).
 
     ``r = torchsort.soft_rank(-s, regularization, regularization_strength=tau)`` gives each item a
-    soft rank in [1, N] (1 = highest score); ``P[i, j] = softmax_j(-(r_j - (i + 1))^2 / tau)`` puts
-    at slot ``i`` the items whose rank is near ``i + 1``. ``regularization="l2"`` is the default
-    because ``"kl"`` gives NaN gradients at small strength (torchsort issue 63).
+    soft rank in [1, N] (1 = highest score); ``P[i, j] = softmax_j(-(r_j - (i + 1))^2 / tau)``
+    (``kernel="squared"``) or ``softmax_j(-|r_j - (i + 1)| / tau)`` (``kernel="l1"``, which
+    :func:`estimators.scan.soft_rank_apply` applies without the matrix) puts at slot ``i`` the
+    items whose rank is near ``i + 1``. ``regularization="l2"`` is the default because ``"kl"``
+    gives NaN gradients at small strength (torchsort issue 63).
     """
     check_float_tensor("scores", scores)
     tau = check_positive("tau", tau)
+    ranks, slots = _soft_ranks(scores, tau, regularization, kernel)
+    gap = ranks.unsqueeze(-2) - slots.unsqueeze(-1)  # (..., N, N): rank j minus slot i
+    logits = -(gap.abs() if kernel == "l1" else gap**2) / tau
+    P = torch.softmax(logits, dim=-1)
+    return _straight_through(P, scores) if hard else P
+
+
+def _soft_ranks(scores: torch.Tensor, tau: float, regularization: str, kernel: str):
+    """torchsort's soft ranks ``(..., N)`` of ``-scores`` and the slots ``1 .. N``."""
     torchsort = import_torchsort()
     if regularization not in REGULARIZATIONS:
         raise ValueError(
             f"'regularization' should be one of {REGULARIZATIONS} but got {regularization!r}"
         )
+    if kernel not in KERNELS:
+        raise ValueError(f"'kernel' should be one of {KERNELS} but got {kernel!r}")
     n = scores.shape[-1]
     flat = scores.reshape(-1, n)  # torchsort takes 2-d input only
     ranks = torchsort.soft_rank(-flat, regularization=regularization, regularization_strength=tau)
-    ranks = ranks.reshape(scores.shape)  # (..., N)
     slots = torch.arange(1, n + 1, dtype=scores.dtype, device=scores.device)  # (N,)
-    P = torch.softmax(-((ranks.unsqueeze(-2) - slots.unsqueeze(-1)) ** 2) / tau, dim=-1)
-    return _straight_through(P, scores) if hard else P
+    return ranks.reshape(scores.shape), slots

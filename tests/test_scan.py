@@ -1,10 +1,18 @@
-"""softsort_apply: SoftSort applied in O(N D), against the dense softsort(s) @ x."""
+"""softsort_apply: SoftSort applied in O(N D), against the dense softsort(s) @ x; kernel_apply,
+its two-set form, against the dense kernel."""
 
 import pytest
 import torch
 
-from estimators import softsort, softsort_apply
-from estimators.scan import CHUNK, softsort_apply_ref, softsort_column_sums
+from estimators import create_estimator, soft_rank_permutation, softsort, softsort_apply
+from estimators.scan import (
+    CHUNK,
+    kernel_apply,
+    kernel_apply_ref,
+    soft_rank_apply,
+    softsort_apply_ref,
+    softsort_column_sums,
+)
 
 RTOL64 = 1e-8  # float64 scan against float64 dense, relative to the largest entry
 ATOL32 = 1e-3  # float32 scan against float64 dense at extreme scores and tau
@@ -177,3 +185,57 @@ POSITIVE = "'tau' should be a positive finite number but got"
 def test_bad_input(scores, x, tau, error, match):
     with pytest.raises(error, match=match):
         softsort_apply(scores, x, tau)
+
+
+@pytest.mark.parametrize(("m", "n"), [(1, 1), (5, 7), (CHUNK + 3, 300), (300, CHUNK + 3)])
+@pytest.mark.parametrize("tau", [1.0, 0.1, 0.01])
+def test_kernel_apply_matches_the_dense_two_set_kernel(m, n, tau):
+    g = torch.Generator().manual_seed(m + n)
+    a = torch.randn(2, m, generator=g, dtype=torch.float64).requires_grad_()
+    b = torch.randn(2, n, generator=g, dtype=torch.float64).requires_grad_()
+    x = torch.randn(2, n, 3, generator=g, dtype=torch.float64).requires_grad_()
+    y, y_ref = kernel_apply(a, b, x, tau), kernel_apply_ref(a, b, x, tau)
+    assert y.shape == (2, m, 3) and rel_err(y, y_ref) < RTOL64
+    cotangent = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    fast = torch.autograd.grad(y, (a, b, x), cotangent)
+    dense = torch.autograd.grad(y_ref, (a, b, x), cotangent)
+    for name, p, q in zip("abx", fast, dense, strict=True):
+        assert rel_err(p, q) < RTOL64, name
+
+
+def test_kernel_apply_far_from_every_key_is_the_nearest_keys_softmax():
+    keys = torch.linspace(0.0, 1.0, 50)
+    x = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
+    queries = torch.tensor([40.0, -40.0])  # every weight exp(-gap / 0.01) underflows in float32
+    y = kernel_apply(queries, keys, x, 0.01)
+    expected = kernel_apply_ref(queries.double() - torch.tensor([39.0, -39.0]).double(),
+                                keys.double(), x.double(), 0.01)  # fmt: skip
+    assert torch.isfinite(y).all()
+    assert torch.allclose(y.double(), expected, atol=1e-5)
+
+
+def test_soft_rank_apply_matches_the_l1_soft_rank_permutation():
+    s = torch.randn(3, 80, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    s.requires_grad_()
+    x = torch.randn(3, 80, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    y = soft_rank_apply(s, x, 0.1)
+    y_ref = soft_rank_permutation(s, 0.1, kernel="l1") @ x
+    assert rel_err(y, y_ref) < RTOL64
+    cotangent = torch.randn_like(y)
+    (g,) = torch.autograd.grad(y, s, cotangent)
+    (g_ref,) = torch.autograd.grad(y_ref, s, cotangent)
+    assert rel_err(g, g_ref) < RTOL64
+
+
+def test_torchsort_estimator_with_the_l1_kernel_applies_above_the_limit():
+    tokens = torch.randn(2, 70, 5, generator=torch.Generator().manual_seed(3))
+    outs = {}
+    for limit in (None, 0):
+        torch.manual_seed(0)
+        est = create_estimator("torchsort", num_tokens=70, kernel="l1", materialize_limit=limit)
+        assert est.soft_path == "apply" and est.applies() == (limit == 0)
+        outs[limit] = est(tokens)
+    assert outs[0].soft is None and outs[None].soft is not None
+    assert torch.allclose(outs[0].tokens, outs[None].tokens, atol=1e-5)
+    with pytest.raises(ValueError, match="'materialize_limit' is 0 but"):
+        create_estimator("torchsort", num_tokens=70, materialize_limit=0)  # squared: P only
