@@ -54,6 +54,17 @@ def test_long_benchmark_runs_small(capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["benchmark"] == "long"
 
 
+def test_long_benchmark_gpu_case_runs_small_on_the_cpu():
+    import torch
+
+    from diffsort_reorder.bench.long import shared_bf16_row
+
+    row = shared_bf16_row(torch.device("cpu"), B=2, N=100, D=8, repeats=1)
+    assert (
+        row["ms"] > 0 and row["floor_ms"] is None and (row["B"], row["N"], row["D"]) == (2, 100, 8)
+    )
+
+
 def test_long_benchmark_targets_report_failures():
     from diffsort_reorder.bench.long import check_targets as long_targets
 

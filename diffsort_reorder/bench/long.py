@@ -89,13 +89,18 @@ def run_benchmark(device: torch.device, sizes=SIZES, dim: int = DIM, repeats: in
     rows.append(dict(function="softsort estimator (train)", B=ESTIMATOR_BATCH, N=largest, D=DIM,
                      ms=1e3 * m.seconds, peak_mb=m.peak_mb))  # fmt: skip
     if device.type == "cuda":
-        b, n, d = GPU_CASE["B"], GPU_CASE["N"], GPU_CASE["D"]
-        scores, x = _inputs(b, n, d, device, torch.bfloat16, shared=True)
-        m = measure(_case(E.softsort_apply, scores, x), device, repeats)
-        rows.append(dict(function="softsort_apply, bf16, one order", B=b, N=n, D=d,
-                         ms=1e3 * m.seconds, peak_mb=m.peak_mb,
-                         floor_ms=_floor_ms(device, b, n, d)))  # fmt: skip
+        rows.append(shared_bf16_row(device, **GPU_CASE, repeats=repeats))
     return rows
+
+
+def shared_bf16_row(device, B: int, N: int, D: int, repeats: int = 3) -> dict:
+    """bf16 tokens ``(B, N, D)`` ordered by one score vector, forward + backward, beside the
+    memory-bound floor where the device's bandwidth is known (None on a CPU)."""
+    scores, x = _inputs(B, N, D, device, torch.bfloat16, shared=True)
+    m = measure(_case(E.softsort_apply, scores, x), device, repeats)
+    floor = _floor_ms(device, B, N, D) if device.type == "cuda" else None
+    return dict(function="softsort_apply, bf16, one order", B=B, N=N, D=D, ms=1e3 * m.seconds,
+                peak_mb=m.peak_mb, floor_ms=floor)  # fmt: skip
 
 
 def _find(rows, function, b, n):
