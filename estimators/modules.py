@@ -7,6 +7,7 @@ sample task loss)``, and ``est.tau`` may be set every step.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -124,11 +125,13 @@ def _with_fallbacks(relax, scores: torch.Tensor):
     """``relax(scores)`` and how many of its Sinkhorn calls fell back to the log domain."""
     before = fallback_count()
     P = relax(scores)
-    return P, torch.tensor(float(fallback_count() - before))
+    return P, P.new_tensor(float(fallback_count() - before))
 
 
 def _check_materialize_limit(value) -> int | None:
-    if value is None:
+    """An int >= 0, or None for never (also spelt ``inf``: a config's ``null`` means the
+    default)."""
+    if value is None or (isinstance(value, float) and value == math.inf):
         return None
     return check_count("materialize_limit", value, minimum=0)
 
@@ -163,13 +166,13 @@ class PermutationEstimator(nn.Module):
     estimator's training behaviour (soft, straight-through or sampled), in ``eval()`` mode always
     the hard permutation.
 
-    ``materialize_limit`` (default 4096; ``0`` = always apply, ``None`` = never): above this many
+    ``materialize_limit`` (default 4096; ``0`` = always apply, ``None`` or ``inf`` = never; a
+    config spells it ``.inf``, since ``null`` there means the default): above this many
     tokens an estimator with an apply path (:attr:`soft_path` ``"apply"``: SoftSort, and saliency
     with its SoftSort relaxation) orders the tokens without forming ``P``, so ``out.soft`` is None
     and the diagnostics that need ``P`` are computed without it or left out; one that can only
     form ``P`` (``"matrix"``) refuses to be built for more tokens than that, since ``P`` would
-    need ``B N^2`` floats (10 GB per image at N = 50,176). From a config, where ``null`` means the
-    default as for every option, a number above the token count means never.
+    need ``B N^2`` floats (10 GB per image at N = 50,176).
     """
 
     doubly_stochastic = False  # whether ``out.soft`` also has unit column sums
@@ -177,7 +180,9 @@ class PermutationEstimator(nn.Module):
     # How train mode orders the tokens: "apply" (a relaxation that can be applied without forming
     # P, used above ``materialize_limit`` tokens), "matrix" (forms P (B, N, N) only, so refuses
     # more than ``materialize_limit`` tokens) or "none" (hard or sampled orders, no P at all).
-    soft_path = "none"
+    # None: decided by the estimator's options; its __init__ sets it, then calls
+    # ``check_materialize_limit()``.
+    soft_path: str | None = "none"
     wants = Wants()  # what ``forward(tokens, features)`` needs from the model: nothing here
     # Keyword arguments beyond ``num_tokens`` that ``create_estimator`` must be given, each with
     # what it means: {"dim": "token width"}.
@@ -185,15 +190,9 @@ class PermutationEstimator(nn.Module):
 
     def __init__(
         self, num_tokens: int, *, tau: float = 1.0, init_order=None,
-        materialize_limit: int | None = MATERIALIZE_LIMIT, soft_path: str | None = None,
+        materialize_limit: int | float | None = MATERIALIZE_LIMIT,
     ) -> None:  # fmt: skip
-        """``soft_path``: for subclasses whose path depends on an option (the class attribute
-        otherwise)."""
         super().__init__()
-        if soft_path is not None:
-            if soft_path not in SOFT_PATHS:
-                raise ValueError(f"'soft_path' should be one of {SOFT_PATHS} but got {soft_path!r}")
-            self.soft_path = soft_path
         self.num_tokens = check_count("num_tokens", num_tokens)
         self.tau = tau
         self.materialize_limit = _check_materialize_limit(materialize_limit)
@@ -216,10 +215,11 @@ class PermutationEstimator(nn.Module):
         if self.soft_path == "matrix" and limit is not None and n > limit:
             gigabytes = 4 * n * n / 1e9
             raise ValueError(
-                f"'materialize_limit' is {limit} but this estimator can only form its soft "
-                f"permutation as a matrix, (B, {n}, {n}) for num_tokens={n}: "
-                f"{gigabytes:.3g} GB per image in float32; use softsort (or saliency with "
-                f"relaxation='softsort'), which applies it in O(N D), or raise materialize_limit"
+                f"'materialize_limit' should be >= num_tokens={n} (or None: never apply) for an "
+                f"estimator that can only form its soft permutation as a matrix, but got {limit}: "
+                f"(B, {n}, {n}) is {gigabytes:.3g} GB per image in float32; softsort (or "
+                f"saliency with relaxation='softsort', torchsort with kernel='l1') applies it in "
+                f"O(N D)"
             )
 
     def applies(self) -> bool:
@@ -291,12 +291,11 @@ class _ScoreSortEstimator(PermutationEstimator):
 
     def __init__(
         self, num_tokens: int, *, tau=1.0, init_order=None, hard=False,
-        materialize_limit=MATERIALIZE_LIMIT, soft_path=None,
+        materialize_limit=MATERIALIZE_LIMIT,
     ) -> None:  # fmt: skip
         super().__init__(
-            num_tokens, tau=tau, init_order=init_order, materialize_limit=materialize_limit,
-            soft_path=soft_path,
-        )  # fmt: skip
+            num_tokens, tau=tau, init_order=init_order, materialize_limit=materialize_limit
+        )
         self.hard = bool(hard)
         self.scores = nn.Parameter(ramp_scores(self.init_order))
 
@@ -359,6 +358,8 @@ class TorchSortEstimator(_ScoreSortEstimator):
     (:func:`estimators.scan.soft_rank_apply`): above ``materialize_limit`` tokens it orders them
     without the matrix, with no ``aux`` diagnostics; ``"squared"`` (the default) only forms P."""
 
+    soft_path = None  # decided by the kernel
+
     def __init__(
         self, num_tokens, *, tau=1.0, init_order=None, hard=False, regularization="l2",
         kernel="squared", materialize_limit=MATERIALIZE_LIMIT,
@@ -373,9 +374,10 @@ class TorchSortEstimator(_ScoreSortEstimator):
         super().__init__(
             num_tokens, tau=tau, init_order=init_order, hard=hard,
             materialize_limit=materialize_limit,
-            soft_path="apply" if kernel == "l1" else "matrix",
         )  # fmt: skip
         self.regularization, self.kernel = regularization, kernel
+        self.soft_path = "apply" if kernel == "l1" else "matrix"
+        self.check_materialize_limit()
 
     def relax(self, scores):
         return soft_rank_permutation(

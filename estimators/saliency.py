@@ -48,6 +48,7 @@ class SaliencyEstimator(_Reinforce, PermutationEstimator):
 
     is_global = False
     extra_required = {"dim": "token width"}
+    soft_path = None  # decided by the relaxation
 
     def __init__(
         self, num_tokens, *, dim, tau=1.0, init_order=None, relaxation="softsort", hidden=64,
@@ -58,9 +59,10 @@ class SaliencyEstimator(_Reinforce, PermutationEstimator):
                 f"'relaxation' should be one of {tuple(RELAXATIONS)} but got {relaxation!r}"
             )
         super().__init__(
-            num_tokens, tau=tau, init_order=init_order, materialize_limit=materialize_limit,
-            soft_path=SOFT_PATHS.get(relaxation, "matrix"),
-        )  # fmt: skip
+            num_tokens, tau=tau, init_order=init_order, materialize_limit=materialize_limit
+        )
+        self.soft_path = SOFT_PATHS.get(relaxation, "matrix")
+        self.check_materialize_limit()
         self.dim = check_count("dim", dim)
         self.relaxation, self.hard = relaxation, bool(hard)
         blocks = check_count("feature_blocks", feature_blocks, minimum=0)

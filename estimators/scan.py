@@ -110,39 +110,53 @@ def _signed_sums(t, v, before, after, has_ties: bool) -> torch.Tensor:
     return (after - tied_after) - (before - tied_before)
 
 
+def _sorted_values(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """``[x, 1]`` in the sorted order: ``(R, N, D + 1)``, the numerator's and the normaliser's
+    values."""
+    xs = x.gather(1, order.unsqueeze(-1).expand_as(x))  # (R, N, D)
+    return torch.cat([xs, xs.new_ones(xs.shape[:-1] + (1,))], -1)
+
+
 class _SoftSortApply(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scores, x, tau):
         # scores (R, N), x (R, N, D), both in the compute dtype
         t, order = scores.sort(dim=-1, descending=True, stable=True)  # (R, N)
-        xs = x.gather(1, order.unsqueeze(-1).expand_as(x))  # (R, N, D)
-        v = torch.cat([xs, xs.new_ones(xs.shape[:-1] + (1,))], -1)  # (R, N, D + 1)
+        v = _sorted_values(x, order)  # (R, N, D + 1)
         before, after = _both_sums(t, v, _exp_kernel(tau))
         total = before + v + after  # (R, N, D + 1): K v
-        norm = total[..., -1:]  # (R, N, 1), >= 1
-        y = total[..., :-1] / norm  # (R, N, D)
         ctx.tau = tau
-        ctx.save_for_backward(t, order, v, before, after, norm, y)
-        return y
+        # x rather than v and y: the backward re-gathers v and recomputes y, the same arithmetic
+        ctx.save_for_backward(t, order, x, before, after)
+        return total[..., :-1] / total[..., -1:]  # (R, N, D); the normaliser is >= 1
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
-        t, order, v, before, after, norm, y = ctx.saved_tensors
+        t, order, x, before, after = ctx.saved_tensors
         tau = ctx.tau
-        # The cotangent of K v: y = num / norm.
-        grad_norm = -(grad_y * y).sum(-1, keepdim=True) / norm  # (R, N, 1)
-        w = torch.cat([grad_y / norm, grad_norm], -1)  # (R, N, D + 1)
-        w_before, w_after = _both_sums(t, w, _exp_kernel(tau))
-        grad_xs = (w_before + w + w_after)[..., :-1]  # (R, N, D): K w, K symmetric
-        has_ties = bool((t[:, 1:] == t[:, :-1]).any())
-        signed_v = _signed_sums(t, v, before, after, has_ties)
-        signed_w = _signed_sums(t, w, w_before, w_after, has_ties)
-        grad_t = -((w * signed_v).sum(-1) + (v * signed_w).sum(-1)) / tau  # (R, N)
-        grad_scores = torch.zeros_like(grad_t).scatter_(1, order, grad_t)
-        grad_x = torch.zeros_like(grad_xs).scatter_(
-            1, order.unsqueeze(-1).expand_as(grad_xs), grad_xs
-        )
+        want_scores, want_x = ctx.needs_input_grad[:2]
+        with torch.autocast(grad_y.device.type, enabled=False):  # the scans stay in float32+
+            grad_y = grad_y.to(x.dtype)
+            v = _sorted_values(x, order)
+            total = before + v + after
+            norm = total[..., -1:]  # (R, N, 1)
+            y = total[..., :-1] / norm
+            # The cotangent of K v: y = num / norm.
+            grad_norm = -(grad_y * y).sum(-1, keepdim=True) / norm  # (R, N, 1)
+            w = torch.cat([grad_y / norm, grad_norm], -1)  # (R, N, D + 1)
+            w_before, w_after = _both_sums(t, w, _exp_kernel(tau))
+            grad_scores = grad_x = None
+            if want_x:
+                grad_xs = (w_before + w + w_after)[..., :-1]  # (R, N, D): K w, K symmetric
+                index = order.unsqueeze(-1).expand_as(grad_xs)
+                grad_x = torch.zeros_like(grad_xs).scatter_(1, index, grad_xs)
+            if want_scores:
+                has_ties = bool((t[:, 1:] == t[:, :-1]).any())  # one sync: the tie scans are rare
+                signed_v = _signed_sums(t, v, before, after, has_ties)
+                signed_w = _signed_sums(t, w, w_before, w_after, has_ties)
+                grad_t = -((w * signed_v).sum(-1) + (v * signed_w).sum(-1)) / tau  # (R, N)
+                grad_scores = torch.zeros_like(grad_t).scatter_(1, order, grad_t)
         return grad_scores, grad_x, None
 
 
@@ -276,23 +290,33 @@ def kernel_apply(
 
 def _two_set_apply(a, b, x, tau: float) -> torch.Tensor:
     t, order = b.sort(dim=-1, descending=True, stable=True)  # (R, N)
-    xs = x.gather(1, order.unsqueeze(-1).expand_as(x))
-    v = torch.cat([xs, xs.new_ones(xs.shape[:-1] + (1,))], -1)  # (R, N, D + 1)
+    v = _sorted_values(x, order)  # (R, N, D + 1)
     kernel = _exp_kernel(tau)
-    down = _forward_sums(t, v, kernel)  # (R, N, D + 1): keys above and at each key
-    up = _forward_sums(-t.flip(1), v.flip(1), kernel).flip(1)  # keys below and at each key
+    down = _forward_sums(t, v, kernel)  # (R, N, D + 1): the keys above each key, and itself
+    up = _forward_sums(-t.flip(1), v.flip(1), kernel).flip(1)  # below, and itself
+    ascending, queries = -t.detach().contiguous(), -a.detach().contiguous()
+    above = torch.searchsorted(ascending, queries, right=True)  # (R, M): keys >= each query
+    strictly = torch.searchsorted(ascending, queries, right=False)  # keys > each query
+    total = _from_neighbours(t, a, down, up, above, tau)
+    if not torch.equal(above, strictly):  # a query equal to a key (one sync)
+        # Counted above, a tied key gives the query a one-sided derivative; counted below, the
+        # other side. Their mean is dense autograd's |0|' = 0; the value is the same either way.
+        total = 0.5 * (total + _from_neighbours(t, a, down, up, strictly, tau))
+    return total[..., :-1] / total[..., -1:]
+
+
+def _from_neighbours(t, a, down, up, above, tau: float) -> torch.Tensor:
+    """``K v`` at each query from the sums at its nearest key above (index ``above - 1``) and
+    below (``above``), each scaled by ``exp(-gap / tau)`` relative to the nearer one."""
     n = t.shape[1]
-    above = torch.searchsorted(-t.detach().contiguous(), -a.detach().contiguous(), right=True)
     i_above, i_below = (above - 1).clamp(0, n - 1), above.clamp(max=n - 1)  # (R, M)
-    inf = torch.tensor(math.inf, dtype=t.dtype, device=t.device)
-    gap_above = torch.where(above > 0, t.gather(1, i_above) - a, inf)  # (R, M), >= 0
-    gap_below = torch.where(above < n, a - t.gather(1, i_below), inf)  # (R, M), > 0
+    gap_above = torch.where(above > 0, t.gather(1, i_above) - a, math.inf)  # (R, M), >= 0
+    gap_below = torch.where(above < n, a - t.gather(1, i_below), math.inf)
     nearest = torch.minimum(gap_above, gap_below)
     w_above = torch.exp(-(gap_above - nearest) / tau).unsqueeze(-1)  # 1 for the nearer side
     w_below = torch.exp(-(gap_below - nearest) / tau).unsqueeze(-1)
     pick = lambda sums, i: sums.gather(1, i.unsqueeze(-1).expand(-1, -1, sums.shape[-1]))  # noqa: E731
-    total = w_above * pick(down, i_above) + w_below * pick(up, i_below)  # (R, M, D + 1)
-    return total[..., :-1] / total[..., -1:]
+    return w_above * pick(down, i_above) + w_below * pick(up, i_below)  # (R, M, D + 1)
 
 
 def kernel_apply_ref(queries, keys, x, tau: float = 1.0) -> torch.Tensor:

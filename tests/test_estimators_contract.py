@@ -3,6 +3,7 @@ below and above its ``materialize_limit``: below, the relaxations form ``P``; ab
 apply path order the tokens without it (``out.soft`` None) and those without refuse to be built."""
 
 import inspect
+import math
 
 import pytest
 import torch
@@ -15,8 +16,9 @@ B, N, D = 4, 9, 5
 EXPECTED = {"plackett_luce", "gumbel_sinkhorn", "softsort", "neuralsort", "torchsort", "ot_sort",
             "saliency"}  # fmt: skip
 NAMES = list_estimators()
-# below: never apply (P formed at any N); above: always apply (materialize_limit=0 < N).
-LIMITS = {"below": None, "above": 0}
+# below: never apply (P formed at any N); above: always apply (materialize_limit=0 < N). inf, as a
+# config spells never: create_estimator drops None, which then means the default.
+LIMITS = {"below": math.inf, "above": 0}
 
 
 def init_order():
@@ -40,10 +42,10 @@ def soft_path(name):
     return make(name, "below").soft_path
 
 
-# Every estimator below its limit; above it, every one that can run there (the rest refuse it:
-# test_matrix_estimators_refuse_tokens_above_the_limit).
+# Every estimator below its limit; above it, every one with an apply path (those that form P
+# refuse it: test_matrix_estimators_refuse_tokens_above_the_limit; Plackett-Luce has no P at all).
 CASES = [(name, "below") for name in NAMES] + [
-    (name, "above") for name in NAMES if soft_path(name) != "matrix"
+    (name, "above") for name in NAMES if soft_path(name) == "apply"
 ]
 
 
@@ -212,14 +214,24 @@ def test_bad_input(name, limit):
 @pytest.mark.parametrize("name", [name for name in NAMES if soft_path(name) == "matrix"])
 def test_matrix_estimators_refuse_tokens_above_the_limit(name):
     make(name, materialize_limit=N)  # at the limit: built
-    with pytest.raises(ValueError, match=f"'materialize_limit' is {N - 1} but .*num_tokens={N}"):
+    match = f"'materialize_limit' should be >= num_tokens={N} .* but got {N - 1}"
+    with pytest.raises(ValueError, match=match):
         make(name, materialize_limit=N - 1)
 
 
+@pytest.mark.parametrize("never", [None, math.inf])
+def test_never_apply_holds_above_the_default_limit(never):
+    n = 5000  # above the default 4096: only "never" keeps P formed here
+    est = estimators.modules.SoftSortEstimator(n, materialize_limit=never)
+    assert est.materialize_limit is None and not est.applies()
+    assert create_estimator("softsort", num_tokens=n, materialize_limit=math.inf).applies() is False
+    assert create_estimator("softsort", num_tokens=n).applies()  # None from a config: default
+
+
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("bad", [-1, 2.5, True])
+@pytest.mark.parametrize("bad", [-1, 2.5, True, -math.inf])
 def test_bad_materialize_limit(name, bad):
-    error = TypeError if isinstance(bad, bool) else ValueError
+    error = TypeError if isinstance(bad, bool) else ValueError  # -inf, nan: not an int >= 0
     with pytest.raises(error, match="'materialize_limit' should be an int >= 0"):
         create_estimator(name, num_tokens=N, materialize_limit=bad, **sized(name))
 

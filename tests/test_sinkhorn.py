@@ -205,6 +205,21 @@ def test_second_derivatives_are_refused_not_wrong():
         g.sum().backward()
 
 
+def test_past_what_the_backward_can_square_it_falls_back_and_stays_exact():
+    # At this scale seed 0's scalings need a range of 1e163 each, past the 1e77 whose squares
+    # the unrolled backward can hold in float64: the call re-runs in the log domain, counted.
+    g = torch.Generator().manual_seed(0)
+    x = (3.0 * torch.randn(2, 8, 8, generator=g, dtype=torch.float64) / 0.01).requires_grad_()
+    before = fallback_count()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SinkhornFallbackWarning)
+        P = sinkhorn(x, n_iters=300)
+    assert fallback_count() == before + 1
+    assert torch.allclose(P, sinkhorn_ref(x, n_iters=300), atol=1e-8)
+    (grad,) = torch.autograd.grad(P.sum(), x)
+    assert torch.isfinite(grad).all()
+
+
 def estimator_like_log_alpha(n, seed, batch=16):
     """What the gumbel_sinkhorn estimator feeds Sinkhorn: a one-hot init plus what training adds."""
     g = torch.Generator().manual_seed(seed)
