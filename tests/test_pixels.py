@@ -76,6 +76,13 @@ def test_pixels_study_composes_and_runs_softsort_without_the_matrix(tmp_path):
     assert cfg.estimator.options.materialize_limit == 0
 
 
+def test_pixels_digits_study_reads_1024_pixels(tmp_path):
+    pixels = study("pixels_digits", tmp_path)
+    cfg = pixels.run_config("softsort", "txl", 1, "probe", {}, [])
+    assert cfg.data.name == "digits" and cfg.data.patch_size == 1
+    assert cfg.data.options.image_size == 32 and cfg.estimator.options.materialize_limit == 0
+
+
 def test_pixels_gpu_study_builds_at_50176_tokens(tmp_path):
     pixels = study("pixels_gpu", tmp_path)
     for method in pixels.methods:
