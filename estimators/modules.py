@@ -38,9 +38,8 @@ from .sorting import (
 )
 
 SAMPLES = ("batch", "image")
-MATERIALIZE_LIMIT = (
-    4096  # above this many tokens, estimators that can apply P without forming it do
-)
+# Above this many tokens, estimators that can apply P without forming it do.
+MATERIALIZE_LIMIT = 4096
 SOFT_PATHS = ("apply", "matrix", "none")
 
 
@@ -168,11 +167,11 @@ class PermutationEstimator(nn.Module):
 
     ``materialize_limit`` (default 4096; ``0`` = always apply, ``None`` or ``inf`` = never; a
     config spells it ``.inf``, since ``null`` there means the default): above this many
-    tokens an estimator with an apply path (:attr:`soft_path` ``"apply"``: SoftSort, and saliency
-    with its SoftSort relaxation) orders the tokens without forming ``P``, so ``out.soft`` is None
-    and the diagnostics that need ``P`` are computed without it or left out; one that can only
-    form ``P`` (``"matrix"``) refuses to be built for more tokens than that, since ``P`` would
-    need ``B N^2`` floats (10 GB per image at N = 50,176).
+    tokens an estimator with an apply path (:attr:`soft_path` ``"apply"``: SoftSort, saliency with
+    its SoftSort relaxation, torchsort with ``kernel="l1"``) orders the tokens without forming
+    ``P``, so ``out.soft`` is None and the diagnostics that need ``P`` are computed without it or
+    left out; one that can only form ``P`` (``"matrix"``) refuses to be built for more tokens
+    than that, since ``P`` would need ``B N^2`` floats (10 GB per image at N = 50,176).
     """
 
     doubly_stochastic = False  # whether ``out.soft`` also has unit column sums
