@@ -24,7 +24,7 @@ from estimators import list_estimators
 PRIOR_GROUPS = {"compression_prior": "compression", "collapse_prior": "collapse"}  # configs/prior
 CONFIG_MODULE = "diffsort_reorder.configs"
 # Trainer keys that may differ when a run resumes: how it is driven, not what it computes.
-RUNTIME_KEYS = ("resume", "stop_after_epochs", "progress", "log_dir")
+RUNTIME_KEYS = ("resume", "stop_after_epochs", "progress", "log_dir", "num_workers")
 
 
 def config_digest(*, _root_: DictConfig) -> str:

@@ -44,6 +44,7 @@ TRAINER = {
     "epochs": lambda k, v: check_int(k, v, 1),
     "batch_size": lambda k, v: check_int(k, v, 1),
     "eval_batch_size": lambda k, v: check_int(k, v, 1),
+    "num_workers": lambda k, v: check_int(k, v, 0),
     "lr": check_number,
     "weight_decay": lambda k, v: check_number(k, v, strict=False),
     "warmup_epochs": check_int,

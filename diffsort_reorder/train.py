@@ -29,7 +29,7 @@ from .checks import check_clip
 from .cli import bad_input, run_command
 from .config import RUNTIME_KEYS, compose_config, to_yaml
 from .config_checks import check_config
-from .data import create_dataset, grid_shape, key_recall, patchify
+from .data import batches, create_dataset, grid_shape, key_recall, patchify
 from .methods import build_orderer
 from .model import PatchSequenceModel
 from .runlog import RunLogger
@@ -45,19 +45,6 @@ from .runtime import (
 from .schedules import constant_lr, lr_factor, phase_at, tau_at
 
 CHECKPOINT = "checkpoint.pt"
-
-
-def batches(dataset, batch_size: int, generator: torch.Generator | None):
-    """``(images, labels)`` batches; shuffled by ``generator`` (a fixed order when None)."""
-    n = len(dataset)
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        if hasattr(dataset, "images"):  # in memory: slice, no per-item overhead
-            yield dataset.images[idx], dataset.labels[idx]
-        else:
-            items = [dataset[int(i)] for i in idx]
-            yield torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
 
 
 def _check_resumable(saved: dict, cfg: dict, path: Path) -> None:
@@ -86,6 +73,10 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     steps_per_epoch: int
     clip_limits: dict[str, float]  # max gradient norm per part: model, orderer (inf: no clip)
+
+    def loading(self) -> tuple[int, bool]:
+        """``(num_workers, pin_memory)`` for :func:`batches` of files (pinned on CUDA)."""
+        return self.cfg.trainer.num_workers, self.device.type == "cuda"
 
     def autocast(self):
         """bf16 autocast where ``trainer.amp`` asks for it (auto: CUDA only). Estimators compute
@@ -124,7 +115,8 @@ def evaluate(run: Run) -> dict:
     run.orderer.eval()
     loss_sum, correct, recall, seen = 0.0, 0, 0.0, 0
     keys = getattr(run.val_set, "key_positions", None)  # (K,) or (M, K) per image
-    for images, labels in batches(run.val_set, run.cfg.trainer.eval_batch_size, None):
+    t = run.cfg.trainer
+    for images, labels in batches(run.val_set, t.eval_batch_size, None, *run.loading()):
         images, labels = images.to(run.device), labels.to(run.device)
         with run.autocast():
             out, _ = order_tokens(run, patchify(images, run.cfg.data.patch_size))
@@ -265,7 +257,7 @@ def train_epoch(run: Run, epoch: int, step: int, log: RunLogger) -> tuple[dict, 
     run.orderer.train(phase == "policy")  # fixed and frozen phases use the hard order
     gen = torch.Generator().manual_seed(run.cfg.seed * 100_003 + epoch)  # resumable data order
     loss_sum, correct, seen, soft = 0.0, 0, 0, None
-    for images, labels in batches(run.train_set, t.batch_size, gen):
+    for images, labels in batches(run.train_set, t.batch_size, gen, *run.loading()):
         images, labels = images.to(run.device), labels.to(run.device)
         tau = run.policy_tau(step) if phase == "policy" else None
         if tau is not None:

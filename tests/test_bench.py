@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from diffsort_reorder.bench.__main__ import main
 from diffsort_reorder.bench.estimators import OTHERS, SINKHORNS, check_targets
 
@@ -107,3 +109,21 @@ def test_train_step_benchmark_times_the_real_step():
         dict(method="gumbel_sinkhorn", N=64, ms=30.0, overhead_pct=200.0),  # no target
     ]
     assert [c["holds"] for c in check_targets(rows)] == [True, False]
+
+
+def test_data_benchmark_reads_a_photo_folder(tmp_path):
+    from diffsort_reorder.bench.data import check_targets as data_targets
+    from diffsort_reorder.bench.data import run_benchmark as data_benchmark
+    from diffsort_reorder.bench.data import write_photo_folder
+    from diffsort_reorder.data import create_dataset
+
+    root = write_photo_folder(tmp_path, num_images=6)
+    train_set, val_set = create_dataset("imagefolder", root=str(root), image_size=32)
+    assert len(train_set) == 6 and len(val_set) == 2 and train_set.num_classes == 2
+    assert not torch.equal(train_set[0][0], train_set[2][0])  # shifted copies, not duplicates
+    rows = data_benchmark(num_images=6, workers=(0, 2))
+    assert [r["num_workers"] for r in rows] == [0, 2] and all(r["images_per_s"] > 0 for r in rows)
+    slow = [dict(num_workers=0, images_per_s=100.0), dict(num_workers=2, images_per_s=150.0)]
+    assert [c["holds"] for c in data_targets(slow)] == [False]
+    slow[1]["images_per_s"] = 190.0
+    assert [c["holds"] for c in data_targets(slow)] == [True]

@@ -1,4 +1,4 @@
-"""``diffsort-bench {estimators,long,train} [--device ...] [--out results.json]`` (or
+"""``diffsort-bench {data,estimators,long,train} [--device ...] [--out results.json]`` (or
 ``python -m diffsort_reorder.bench``)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from ..cli import OneLineParser
-from . import estimators, long, train
+from . import data, estimators, long, train
 
-BENCHMARKS = {"estimators": estimators, "long": long, "train": train}
+BENCHMARKS = {"data": data, "estimators": estimators, "long": long, "train": train}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", help="also write the results as JSON here")
     args = parser.parse_args(argv)
-    if args.sizes is None:
+    if args.sizes is None and args.benchmark != "data":  # data: --sizes 1x<images>
         sizes = getattr(BENCHMARKS[args.benchmark], "SIZES", estimators.SIZES)
         args.sizes = ",".join(f"{b}x{n}" for b, n in sizes)
     result = BENCHMARKS[args.benchmark].main(args)

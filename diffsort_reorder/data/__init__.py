@@ -13,6 +13,7 @@ from .base import ImageDataset
 from .cifar10 import cifar10
 from .digits import digits
 from .imagefolder import imagefolder
+from .loading import batches as batches
 from .patches import grid_shape, patchify, unpatchify
 from .planted import PlantedDataset, key_recall, planted
 from .planted_moving import MovingPlantedDataset, planted_moving
