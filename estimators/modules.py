@@ -40,7 +40,6 @@ from .sorting import (
 SAMPLES = ("batch", "image")
 # Above this many tokens, estimators that can apply P without forming it do.
 MATERIALIZE_LIMIT = 4096
-SOFT_PATHS = ("apply", "matrix", "none")
 
 
 BASELINES = ("ema", "rloo")

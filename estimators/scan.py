@@ -44,7 +44,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._checks import check_float_tensor, check_positive, check_same_device
-from ._precision import upcast
+from ._precision import HALF, upcast
 from .sorting import _soft_ranks, softsort
 
 CHUNK = 64  # block length of the chunked scan: 64 x 64 blocks keep the matmuls efficient
@@ -212,14 +212,15 @@ def softsort_apply(scores: torch.Tensor, x: torch.Tensor, tau: float = 1.0) -> t
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    return torch.float32 if x.dtype in HALF else x.dtype
 
 
 def softsort_apply_ref(scores: torch.Tensor, x: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     """Reference: the dense ``softsort(scores, tau) @ x`` under autograd (``N x N`` memory)."""
     tau = _check_apply_args(scores, x, tau)
     P = softsort(scores, tau)  # (..., N, N)
-    return (P.to(torch.promote_types(P.dtype, _compute_dtype(x))) @ x.to(P.dtype)).to(x.dtype)
+    dtype = torch.promote_types(P.dtype, _compute_dtype(x))
+    return (P.to(dtype) @ x.to(dtype)).to(x.dtype)
 
 
 def softsort_column_sums(scores: torch.Tensor, tau: float = 1.0) -> torch.Tensor:

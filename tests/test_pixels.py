@@ -10,6 +10,7 @@ from diffsort_reorder.config import compose_config
 from diffsort_reorder.data import patchify
 from diffsort_reorder.study import Study
 from diffsort_reorder.train import train
+from estimators import create_estimator
 
 PIXELS = [
     "trainer=debug",
@@ -89,8 +90,6 @@ def test_pixels_gpu_study_builds_at_50176_tokens(tmp_path):
         cfg = pixels.run_config(method, "mamba", 1, "probe", {}, [])
         assert cfg.data.options.grid_size == 224 and cfg.data.patch_size == 1
         if cfg.estimator is not None:  # every listed estimator can be built for 50,176 tokens
-            from estimators import create_estimator
-
             options = dict(cfg.estimator.options)
             if method == "saliency":
                 options["dim"] = 384

@@ -115,3 +115,21 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """``"32x196,8x1024"`` -> ``[(32, 196), (8, 1024)]``."""
+    return [tuple(int(v) for v in size.split("x")) for size in text.split(",")]
+
+
+def find_row(rows: list[dict], function: str, b: int, n: int) -> dict | None:
+    """The row of ``function`` at batch ``b`` and length ``n``, or None."""
+    return next((r for r in rows if r["function"] == function and (r["B"], r["N"]) == (b, n)), None)
+
+
+def print_results(rows: list[dict], columns: list[str], checks: list[dict]) -> None:
+    """The rows as a markdown table, then the target checks (if any)."""
+    print(markdown_table(rows, columns))
+    if checks:
+        print()
+        print(markdown_table(checks, ["target", "measured", "holds"]))

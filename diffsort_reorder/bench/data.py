@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ..data import batches, create_dataset
-from . import markdown_table
+from . import print_results
 
 NUM_IMAGES, IMAGE_SIZE, BATCH = 384, 224, 32
 WORKERS = (0, 1, 2)
@@ -80,8 +80,6 @@ def main(args) -> dict:
     print(f"# data benchmark: an image folder of {num_images} JPEG photos read at "
           f"{IMAGE_SIZE}x{IMAGE_SIZE}, batch {BATCH}, best of {args.repeats}")  # fmt: skip
     rows = run_benchmark(num_images, repeats=args.repeats)
-    print(markdown_table(rows, ["num_workers", "images", "images_per_s"]))
     checks = check_targets(rows)
-    print()
-    print(markdown_table(checks, ["target", "measured", "holds"]))
+    print_results(rows, ["num_workers", "images", "images_per_s"], checks)
     return {"rows": rows, "checks": checks}

@@ -25,7 +25,7 @@ import torchsort
 
 import estimators as E
 
-from . import markdown_table, measure
+from . import find_row, measure, parse_sizes, print_results
 
 N_ITERS = 50
 SIZES = [(32, 64), (32, 196), (8, 1024)]
@@ -110,16 +110,11 @@ def run_benchmark(device: torch.device, sizes=SIZES, repeats: int = 3) -> list[d
     return rows
 
 
-def _find(rows, function, size):
-    b, n = size
-    return next((r for r in rows if r["function"] == function and (r["B"], r["N"]) == (b, n)), None)
-
-
 def check_targets(rows: list[dict]) -> list[dict]:
     """The issue's targets as rows: what was measured, the target, and whether it holds."""
     checks = []
-    ours = _find(rows, "sinkhorn (ours, unrolled)", SPEED_CASE)
-    pots = [_find(rows, f, SPEED_CASE) for f in SINKHORNS if "POT" in f]
+    ours = find_row(rows, "sinkhorn (ours, unrolled)", *SPEED_CASE)
+    pots = [find_row(rows, f, *SPEED_CASE) for f in SINKHORNS if "POT" in f]
     pots = [p for p in pots if p is not None]
     if ours and pots:
         fastest = min(pots, key=lambda r: r["ms"])
@@ -140,8 +135,8 @@ def check_targets(rows: list[dict]) -> list[dict]:
                 holds=diff is not None and diff <= 1e-5,
             )
         )
-    implicit = _find(rows, "sinkhorn (ours, implicit)", MEMORY_CASE)
-    unrolled = _find(rows, "ref: log-domain unrolled", MEMORY_CASE)
+    implicit = find_row(rows, "sinkhorn (ours, implicit)", *MEMORY_CASE)
+    unrolled = find_row(rows, "ref: log-domain unrolled", *MEMORY_CASE)
     if implicit and unrolled and implicit["peak_mb"] and unrolled["peak_mb"]:
         ratio = unrolled["peak_mb"] / implicit["peak_mb"]
         mb = f"{implicit['peak_mb']:.0f} vs {unrolled['peak_mb']:.0f} MB"
@@ -152,8 +147,8 @@ def check_targets(rows: list[dict]) -> list[dict]:
                 holds=ratio >= 10.0,
             )
         )
-    cold = _find(rows, "gumbel_sinkhorn (estimator, tau 0.1)", SPEED_CASE)
-    warm = _find(rows, "gumbel_sinkhorn (estimator, tau 0.3)", SPEED_CASE)
+    cold = find_row(rows, "gumbel_sinkhorn (estimator, tau 0.1)", *SPEED_CASE)
+    warm = find_row(rows, "gumbel_sinkhorn (estimator, tau 0.3)", *SPEED_CASE)
     if cold and warm:
         ratio = cold["ms"] / warm["ms"]
         checks.append(
@@ -169,14 +164,10 @@ def check_targets(rows: list[dict]) -> list[dict]:
 
 def main(args) -> dict:
     device = torch.device(args.device)
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    sizes = parse_sizes(args.sizes)
     print(f"# estimators benchmark on {device} ({torch.get_num_threads()} threads), "
           f"forward+backward, {N_ITERS} Sinkhorn iterations, best of {args.repeats}")  # fmt: skip
     rows = run_benchmark(device, sizes, args.repeats)
-    columns = ["function", "B", "N", "ms", "peak_mb", "max_abs_diff_vs_pot"]
-    print(markdown_table(rows, columns))
     checks = check_targets(rows)
-    if checks:
-        print()
-        print(markdown_table(checks, ["target", "measured", "holds"]))
+    print_results(rows, ["function", "B", "N", "ms", "peak_mb", "max_abs_diff_vs_pot"], checks)
     return {"device": str(device), "rows": rows, "checks": checks}

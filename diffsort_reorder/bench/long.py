@@ -18,7 +18,7 @@ import torch
 import estimators as E
 from estimators.scan import softsort_apply_ref
 
-from . import markdown_table, measure
+from . import find_row, measure, parse_sizes, print_results
 
 DIM = 64
 SIZES = [(b, n) for n in (1024, 4096, 16384, 50176) for b in (1, 8)]
@@ -103,16 +103,12 @@ def shared_bf16_row(device, B: int, N: int, D: int, repeats: int = 3) -> dict:
                 peak_mb=m.peak_mb, floor_ms=floor)  # fmt: skip
 
 
-def _find(rows, function, b, n):
-    return next((r for r in rows if r["function"] == function and (r["B"], r["N"]) == (b, n)), None)
-
-
 def check_targets(rows: list[dict]) -> list[dict]:
     """The issue's targets as rows: what was measured, the target, and whether it holds."""
     checks = []
     for b in sorted({r["B"] for r in rows if r["N"] == SPEED_N}):
-        fast = _find(rows, "softsort_apply", b, SPEED_N)
-        dense = _find(rows, "dense softsort(s) @ x", b, SPEED_N)
+        fast = find_row(rows, "softsort_apply", b, SPEED_N)
+        dense = find_row(rows, "dense softsort(s) @ x", b, SPEED_N)
         if fast and dense:
             speedup = dense["ms"] / fast["ms"]
             checks.append(dict(
@@ -120,7 +116,7 @@ def check_targets(rows: list[dict]) -> list[dict]:
                 measured=f"{speedup:.1f}x ({fast['ms']:.1f} vs {dense['ms']:.1f} ms)",
                 holds=speedup >= 3.0,
             ))  # fmt: skip
-    large = _find(rows, "softsort_apply", 1, LARGE_N)
+    large = find_row(rows, "softsort_apply", 1, LARGE_N)
     if large and large["D"] == DIM:
         checks.append(dict(
             target=f"N={LARGE_N} D={DIM} B=1: fwd+bwd <= 0.5 s",
@@ -131,7 +127,7 @@ def check_targets(rows: list[dict]) -> list[dict]:
                 target=f"N={LARGE_N} D={DIM} B=1: <= 2 GB above a bare process",
                 measured=f"{large['peak_mb'] / 1024:.2f} GB", holds=large["peak_mb"] <= 2048,
             ))  # fmt: skip
-    est = _find(rows, "softsort estimator (train)", ESTIMATOR_BATCH, LARGE_N)
+    est = find_row(rows, "softsort estimator (train)", ESTIMATOR_BATCH, LARGE_N)
     if est and est["peak_mb"] is not None:
         checks.append(dict(
             target=f"softsort estimator, train, N={LARGE_N}, B={ESTIMATOR_BATCH}: <= 2.5 GB",
@@ -142,13 +138,10 @@ def check_targets(rows: list[dict]) -> list[dict]:
 
 def main(args) -> dict:
     device = torch.device(args.device)
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    sizes = parse_sizes(args.sizes)
     print(f"# long-sequence benchmark on {device} ({torch.get_num_threads()} threads), "
           f"forward+backward, tau={TAU}, best of {args.repeats}")  # fmt: skip
     rows = run_benchmark(device, sizes, args.dim, args.repeats)
-    print(markdown_table(rows, ["function", "B", "N", "D", "ms", "peak_mb", "floor_ms"]))
     checks = check_targets(rows)
-    if checks:
-        print()
-        print(markdown_table(checks, ["target", "measured", "holds"]))
+    print_results(rows, ["function", "B", "N", "D", "ms", "peak_mb", "floor_ms"], checks)
     return {"device": str(device), "rows": rows, "checks": checks}

@@ -22,7 +22,7 @@ from ..config import compose_config
 from ..data import patchify
 from ..runtime import seed_everything
 from ..train import build_run, train_step
-from . import markdown_table
+from . import print_results
 
 GRIDS = {64: 8, 196: 14}
 CHEAP = ("plackett_luce", "softsort", "neuralsort", "torchsort")  # the 25% target
@@ -156,8 +156,6 @@ def main(args) -> dict:
     rows = run_benchmark(device)
     columns = ["method", "N", "ms", "overhead_pct", "early_pass_ms", "early_pass_gflop",
                "model_gflop"]  # fmt: skip
-    print(markdown_table(rows, columns))
     checks = check_targets(rows)
-    print()
-    print(markdown_table(checks, ["target", "measured", "holds"]))
+    print_results(rows, columns, checks)
     return {"device": device, "rows": rows, "checks": checks}
