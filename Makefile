@@ -20,7 +20,7 @@ ARGS        ?=
 PATH_NO_NVCC := $(shell printf '%s' "$$PATH" | tr ':' '\n' | while read -r d; do \
 	[ -x "$$d/nvcc" ] || printf '%s:' "$$d"; done)
 
-.PHONY: install study test lint format bench clean
+.PHONY: install postgres study test lint format bench clean
 
 install: $(STAMP)
 
@@ -47,7 +47,15 @@ $(STAMP): pyproject.toml Makefile
 study: install
 	$(PY) -m diffsort_reorder.study $(ARGS)
 
-test: install
+# The tests start a throwaway PostgreSQL server (tests/postgres.py) from the machine's own
+# packages: install Debian's when initdb is missing (as root, or through sudo).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+		echo "== installing PostgreSQL (Debian's postgresql package) for the tests"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q postgresql; }
+
+test: install postgres
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q $(ARGS)

@@ -343,9 +343,10 @@ def write_report(
     cfg: DictConfig,
     searches: dict,
     results: dict,
-    wall_seconds: float,
 ) -> Path:
-    """Write the report files into ``output_dir``; returns the path of ``report.md``."""
+    """Write the report files into ``output_dir``; returns the path of ``report.md``. Everything
+    in it comes from the study's storage (``searches``, ``results``), so every worker of a study
+    writes the same report."""
     s, metric = cfg.study, cfg.study.metric
     output_dir.mkdir(parents=True, exist_ok=True)
     rows = summarize(searches, results, metric)
@@ -374,8 +375,11 @@ def write_report(
         f"- `{r['method']}` ({r['backbone']}, {r['protocol']}) {where}: {why}"
         for r in rows for where, why in r["_failures"]
     ]  # fmt: skip
-    code = {json.loads((Path(r["_runs"][0]["output_dir"]) / "run.json").read_text())["code_version"]
-            for r in ok if (Path(r["_runs"][0]["output_dir"]) / "run.json").exists()}  # fmt: skip
+    code = {run["code_version"] for r in ok for run in r["_runs"] if run.get("code_version")}
+    trained = sum(r["train_seconds"] for r in (r for rs in results.values() for r in rs)
+                  if "failed" not in r)  # fmt: skip
+    trained += sum(t.user_attrs.get("train_seconds", 0.0) for study in searches.values()
+                   for t in study.get_trials(deepcopy=False))  # fmt: skip
     per_image = sorted({r["method"] for r in rows if is_per_image(r["method"])})
     command = " ".join(["python -m diffsort_reorder.study", *sys.argv[1:]])
     seeds = f"{s.seed + 1}..{s.seed + s.seeds}"
@@ -407,8 +411,9 @@ def write_report(
         "interval stands alone (no correction for the many comparisons of a table), and the best "
         "fixed order is picked on the same seeds it is compared on.  ",
         f"Metric: `{metric}`, {METRIC_MEANINGS[metric]} (the `val_acc_*` columns of results.csv "
-        f"hold it). Wall time: "
-        f"{wall_seconds / 60:.1f} min (this invocation; runs already done are reused).  ",
+        f"hold it). Training time: "
+        f"{trained / 60:.1f} min, summed over the seed runs and the search trials that finished "
+        f"(whichever worker ran them).  ",
         f"Code version: {', '.join(sorted(code)) or 'unknown'}",
         "",
     ]
@@ -436,8 +441,11 @@ def write_report(
         "## Compare runs in TensorBoard",
         "",
         "```bash",
-        f"tensorboard --logdir {output_dir / 'runs'}",
+        "tensorboard --logdir runs",
         "```",
+        "",
+        "(From this folder. When several workers share the study, each worker's folder holds the "
+        "runs it trained.)",
         "",
         f"Runs are `runs/{s.name}/<backbone>/<method>/trial-NNNN` (the search), `seed-K` and "
         "`retrain-seed-K` (the re-runs), each with its hyper-parameters and final accuracy in the "

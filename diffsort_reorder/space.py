@@ -1,5 +1,5 @@
 """Search spaces: each learned method's space from ``configs/space/``, checked before any training,
-and the points Optuna suggests from it.
+the points Optuna suggests from it, and the sampler and pruner that search it.
 
 A key is a dotted path into the run config; a spec is ``{type: float|int, low, high, log, step}``
 or ``{type: categorical, choices}``. A starting order (``*.init``) is a scan order or a prior.
@@ -7,6 +7,8 @@ or ``{type: categorical, choices}``. A starting order (``*.init``) is a scan ord
 
 from __future__ import annotations
 
+import inspect
+import logging
 import math
 
 import optuna
@@ -15,6 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 from .methods import check_start_orders
 
 SPACE_TYPES = ("float", "int", "categorical")
+SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+PRUNERS = {
+    "median": optuna.pruners.MedianPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "none": optuna.pruners.NopPruner,
+}
+log = logging.getLogger(__name__)
 
 
 def check_space(method: str, space) -> dict[str, dict]:
@@ -76,3 +86,32 @@ def override_value(value) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)
+
+
+def _build(kind: str, table: dict, cfg, **extra):
+    if cfg.name not in table:
+        raise ValueError(f"'study.{kind}.name' should be one of {list(table)} but got {cfg.name!r}")
+    options = OmegaConf.to_container(cfg.get("options") or {})
+    # Options the chosen class does not take are left out (so `study.pruner.name=none` or
+    # `study.sampler.name=random` switch with one override), and said so.
+    accepted = inspect.signature(table[cfg.name]).parameters
+    unused = sorted(set(options) - set(accepted))
+    if unused:
+        log.info("study.%s %r does not take %s; ignored", kind, cfg.name, unused)
+    options = {k: v for k, v in options.items() if k in accepted}
+    try:
+        return table[cfg.name](**extra, **options)
+    except TypeError as err:
+        raise ValueError(
+            f"'study.{kind}.options' {options} do not fit {cfg.name!r}: {err}"
+        ) from err
+
+
+def build_sampler(cfg, seed: int) -> optuna.samplers.BaseSampler:
+    """``study.sampler`` (name and options), seeded."""
+    return _build("sampler", SAMPLERS, cfg, seed=seed)
+
+
+def build_pruner(cfg) -> optuna.pruners.BasePruner:
+    """``study.pruner`` (name and options)."""
+    return _build("pruner", PRUNERS, cfg)

@@ -15,173 +15,58 @@ their intervals) and the figures. The path of ``report.md`` is printed last.
 Re-running the same command resumes: finished trials and seed runs are kept, and a trial that was
 interrupted (Ctrl-C, a killed worker) is run again with its parameters from its last checkpoint. A
 trial whose loss or gradient goes non-finite, or that runs out of memory, ends FAIL with the reason
-in its ``fail_reason`` attribute, and the study goes on. Several workers may share a study through
-``study.storage=`` (a journal file or a database URL; never SQLite for several processes).
+in its ``fail_reason`` attribute, and the study goes on. Any number of workers may share a study:
+they coordinate through its storage alone (``study.storage``; see storage.py and search.py), the
+workers of one machine on SQLite or a journal file, workers on many machines on PostgreSQL.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
-import inspect
 import json
 import logging
 import shutil
 import signal
 import sys
 import time
-import warnings
 import zlib
 from pathlib import Path
 
 import optuna
 import torch
 from hydra.errors import HydraException
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from optuna.trial import TrialState
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from .backbones import list_backbones
 from .cli import bad_input, run_command
-from .config import compose_config, to_yaml, value_of
+from .config import compose_config, config_digest, to_yaml
 from .config_checks import check_config
 from .methods import (
-    check_not_oracle,
     check_start_orders,
     is_learned,
     learns_one_order,
-    list_methods,
 )
 from .report import best_trial, write_report
-from .runtime import show_progress
-from .space import check_space, first_point, in_space, override_value, suggest
+from .runtime import code_version, show_progress
+from .search import TRIAL_ERRORS, describe, learned_order, search
+from .space import (
+    build_pruner,
+    build_sampler,
+    check_space,
+    first_point,
+    in_space,
+    override_value,
+    suggest,
+)
+from .storage import RunRecords, open_locks, open_storage, shown, storage_url
+from .study_checks import check_study
 from .train import train
 
-# Failures that end one trial (FAIL, with the reason) and let the study go on.
-TRIAL_ERRORS = (FloatingPointError, torch.OutOfMemoryError)
-SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
-PRUNERS = {
-    "median": optuna.pruners.MedianPruner,
-    "percentile": optuna.pruners.PercentilePruner,
-    "hyperband": optuna.pruners.HyperbandPruner,
-    "none": optuna.pruners.NopPruner,
-}
-JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
-HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 30  # a worker silent for 30 s is dead
-POLL_SECONDS = 5.0
-METRICS = ("val_acc", "best_val_acc")
-# curriculum: REOrder's (fixed order, policy, frozen order) in every seed run; retrain: the order
-# the best search trial learned, frozen, and a fresh model trained on it in every seed run.
-PROTOCOLS = ("curriculum", "retrain")
 log = logging.getLogger(__name__)
 
 
 class StudyStopped(Exception):
     """``study.stop_after_runs`` was reached (as if interrupted)."""
-
-
-# --------------------------------------------------------------------------- checking the input
-def check_methods(methods) -> list[str]:
-    methods = list(methods or [])
-    if not methods:
-        raise ValueError("'study.methods' is empty; name at least one method")
-    check_not_oracle("'study.methods'", methods)
-    known = [m for m in list_methods() if m != "oracle"]
-    for method in methods:
-        if method not in known:
-            raise ValueError(
-                f"'study.methods' contains unknown method {method!r}; available: {', '.join(known)}"
-            )
-    duplicates = sorted({m for m in methods if methods.count(m) > 1})
-    if duplicates:
-        raise ValueError(f"'study.methods' names {duplicates} more than once")
-    return methods
-
-
-def _build(kind: str, table: dict, cfg, **extra):
-    if cfg.name not in table:
-        raise ValueError(f"'study.{kind}.name' should be one of {list(table)} but got {cfg.name!r}")
-    options = OmegaConf.to_container(cfg.get("options") or {})
-    # Options the chosen class does not take are left out (so `study.pruner.name=none` or
-    # `study.sampler.name=random` switch with one override), and said so.
-    accepted = inspect.signature(table[cfg.name]).parameters
-    unused = sorted(set(options) - set(accepted))
-    if unused:
-        log.info("study.%s %r does not take %s; ignored", kind, cfg.name, unused)
-    options = {k: v for k, v in options.items() if k in accepted}
-    try:
-        return table[cfg.name](**extra, **options)
-    except TypeError as err:
-        raise ValueError(
-            f"'study.{kind}.options' {options} do not fit {cfg.name!r}: {err}"
-        ) from err
-
-
-def build_sampler(cfg, seed: int) -> optuna.samplers.BaseSampler:
-    return _build("sampler", SAMPLERS, cfg, seed=seed)
-
-
-def build_pruner(cfg) -> optuna.pruners.BasePruner:
-    return _build("pruner", PRUNERS, cfg)
-
-
-# --------------------------------------------------------------------------- storage
-def open_storage(url: str | None, output_dir: Path):
-    """The Optuna storage ``url`` names: None for SQLite in ``output_dir``, a file ending in
-    .log/.journal/.jsonl (or ``journal:<path>``) for a journal, else an RDB URL."""
-    if url is None:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{(output_dir / 'study.db').resolve()}"
-    try:
-        if url.startswith("journal:") or url.endswith(JOURNAL_SUFFIXES):
-            path = Path(url.removeprefix("journal:"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            backend = optuna.storages.journal.JournalFileBackend(str(path))
-            return optuna.storages.JournalStorage(backend)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # Heartbeats let a re-run see a killed worker's trial as interrupted.
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS
-            )
-    except Exception as err:  # noqa: BLE001  (SQLAlchemy, OS and Optuna errors alike)
-        raise ValueError(
-            f"'study.storage' {url!r} could not be opened ({type(err).__name__}: {err}); give an "
-            f"Optuna database URL (sqlite:///path.db, postgresql://...) or a journal file (*.log)"
-        ) from err
-
-
-# --------------------------------------------------------------------------- the study
-def check_protocols(protocol) -> list[str]:
-    """``study.protocol``: one of :data:`PROTOCOLS`, or a list of them (run both on one search)."""
-    protocols = [protocol] if isinstance(protocol, str) else list(protocol or [])
-    bad = [p for p in protocols if p not in PROTOCOLS]
-    if not protocols or bad or len(set(protocols)) < len(protocols):
-        given = protocols if isinstance(protocol, ListConfig) else protocol
-        raise ValueError(
-            f"'study.protocol' should be one of {PROTOCOLS} (or a list of them, each once) but "
-            f"got {given!r}"
-        )
-    return protocols
-
-
-def check_backbones(backbones, overrides) -> list[str]:
-    """``study.backbones``: a list of distinct registered backbones; null for the one the
-    study's overrides select (else the run config's default)."""
-    if backbones is None:
-        return [value_of(list(overrides), "backbone") or compose_config([]).backbone.name]
-    names = list(backbones) if isinstance(backbones, (list, ListConfig)) else [backbones]
-    known = list_backbones()
-    unknown = [b for b in names if b not in known]
-    duplicates = sorted({b for b in names if names.count(b) > 1})
-    if not names or unknown or duplicates:
-        why = f"unknown {unknown}" if unknown else f"{duplicates} twice" if duplicates else "none"
-        raise ValueError(
-            f"'study.backbones' should list distinct backbones out of {known} (or be null) but "
-            f"names {why}: {names}"
-        )
-    return names
 
 
 class Study:
@@ -190,21 +75,7 @@ class Study:
     def __init__(self, cfg: DictConfig) -> None:
         s = cfg.study
         self.cfg, self.s = cfg, s
-        self.methods = check_methods(s.methods)
-        self.protocols = check_protocols(s.protocol)
-        self.backbones = check_backbones(s.get("backbones"), s.overrides)
-        for key in ("n_trials", "seeds"):
-            if not isinstance(s[key], int) or s[key] < 1:
-                raise ValueError(f"'study.{key}' should be an integer >= 1 but got {s[key]!r}")
-        if s.metric not in METRICS:
-            raise ValueError(f"'study.metric' should be one of {METRICS} but got {s.metric!r}")
-        build_sampler(s.sampler, s.seed), build_pruner(s.pruner)  # both check their settings
-        unknown = sorted(set(s.get("method_overrides") or {}) - set(list_methods()))
-        if unknown:
-            raise ValueError(f"'study.method_overrides' names unknown methods {unknown}")
-        unknown = sorted(set(s.get("backbone_overrides") or {}) - set(list_backbones()))
-        if unknown:
-            raise ValueError(f"'study.backbone_overrides' names unknown backbones {unknown}")
+        self.methods, self.protocols, self.backbones = check_study(s)
         self.spaces = {
             m: check_space(m, cfg.space.get(m)) for m in self.methods if is_learned(m)
         }  # fmt: skip
@@ -214,7 +85,12 @@ class Study:
         for backbone in self.backbones:
             for method in self.methods:
                 self.check_run_config(method, backbone)
-        self.storage = open_storage(s.storage, self.output_dir)
+        # Everything workers share goes through the storage: trials, finished runs, locks.
+        url = storage_url(s.storage, self.output_dir)
+        self.storage = open_storage(url, (s.heartbeat_interval, s.grace_period))
+        self.locks = open_locks(url, s.name, self.output_dir)
+        self.records = RunRecords(self.storage, s.name)
+        log.debug("study %s in %s", s.name, shown(url))
         self.runs_done = 0
         self.bar = None
 
@@ -339,149 +215,116 @@ class Study:
         return point
 
     def search(self, method: str, backbone: str) -> optuna.Study:
-        study = self.optuna_study(method, backbone)
-        objective = self.objective(method, backbone)
-        lock = self.output_dir / f".{backbone}.{method}.queue.lock"
-        with exclusive(lock):  # one worker at a time decides what to enqueue
-            if self.s.start_from_defaults and not study.get_trials(deepcopy=False):
-                study.enqueue_trial(self.default_point(method, backbone))
-        waited = 0.0
-        while True:
-            with warnings.catch_warnings():  # RDB heartbeats: a killed worker's trial is FAIL
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)
-            with exclusive(lock):
-                requeue_interrupted(study)
-                trials = study.get_trials(deepcopy=False)
-            if sum(counts_toward_budget(t) for t in trials) >= self.s.n_trials:
-                running = [t for t in trials if t.state == TrialState.RUNNING]
-                if not running or waited >= self.s.wait_for_workers:
-                    return study  # (a journal has no heartbeats: a dead worker's trial stays)
-                # Other workers' trials (or a killed one's, until its heartbeat is stale) may
-                # still change the best config: wait for them.
-                if not waited:
-                    tqdm.write(f"{backbone}/{method}: waiting for {len(running)} running "
-                               f"trial(s)", file=sys.stderr)  # fmt: skip
-                time.sleep(POLL_SECONDS)
-                waited += POLL_SECONDS
-                continue
-            # A sampler seeded by the history, so a resumed study does not redraw its points.
-            seed = zlib.crc32(f"{self.s.seed}/{backbone}/{method}/{len(trials)}".encode())
-            study.sampler = build_sampler(self.s.sampler, seed)
-            started, finished = time.perf_counter(), []
-            record = functools.partial(_record, finished)
-            study.optimize(objective, n_trials=1, catch=TRIAL_ERRORS, callbacks=[record])
-            seconds = time.perf_counter() - started
-            self.tick(f"{backbone}/{method} trial {finished[-1].number}: "
-                      f"{describe(finished[-1])} ({seconds:.1f} s)")  # fmt: skip
+        """Search ``method``'s space on ``backbone`` until it has ``study.n_trials`` trials (all
+        workers together)."""
+        base = f"{self.s.seed}/{backbone}/{method}"
+
+        def sampler(n: int) -> optuna.samplers.BaseSampler:
+            return build_sampler(self.s.sampler, zlib.crc32(f"{base}/{n}".encode()))
+
+        def tick(trial: optuna.trial.FrozenTrial, seconds: float) -> None:
+            self.tick(f"{backbone}/{method} trial {trial.number}: {describe(trial)} "
+                      f"({seconds:.1f} s)")  # fmt: skip
+
+        start = self.s.start_from_defaults
+        return search(
+            self.optuna_study(method, backbone),
+            self.objective(method, backbone),
+            n_trials=self.s.n_trials,
+            lock=lambda: self.locks.hold(f"search/{backbone}/{method}"),
+            sampler=sampler,
+            first_point=(lambda: self.default_point(method, backbone)) if start else None,
+            wait_for_workers=self.s.wait_for_workers,
+            tick=tick,
+        )
 
     # --- seed re-runs
-    def seed_run(
-        self, method: str, backbone: str, params: dict, seed: int, order: list | None = None
-    ) -> dict:
-        """Run (or reuse) ``method`` with ``params`` and ``seed``; one worker at a time. With an
-        ``order`` (the retrain protocol) the run trains a fresh model on that fixed order."""
+    def seed_run(self, job: tuple, wait: bool = True) -> dict | None:
+        """The result of the seed run ``job`` (method, backbone, params, seed, order): recorded
+        in the storage by whichever worker trained it, else trained here. With an ``order`` (the
+        retrain protocol) the run trains a fresh model on that fixed order. None when another
+        worker is training it and ``wait`` is False."""
+        method, backbone, params, seed, order = job
         name = f"seed-{seed}" if order is None else f"retrain-seed-{seed}"
         extra = [] if order is None else [f"order=[{','.join(map(str, order))}]"]
         cfg = self.run_config(method, backbone, seed, name, params, extra)
-        run_dir, log_dir = Path(cfg.output_dir), Path(cfg.trainer.log_dir)
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
-        with exclusive(run_dir.parent / f".{name}.lock"):
-            config_path = run_dir / "config.yaml"
-            if config_path.exists() and config_path.read_text() != to_yaml(cfg):
-                # another best config than last time: start this seed afresh
-                shutil.rmtree(run_dir)
-                shutil.rmtree(log_dir, ignore_errors=True)
-            done = finished_result(run_dir)
-            if done is not None:
-                return done
-            started = time.perf_counter()
-            try:
-                result = train(cfg)
-            except TRIAL_ERRORS as err:
-                result = {"failed": f"{type(err).__name__}: {err}", "seed": seed}
-            result["wall_seconds"] = round(time.perf_counter() - started, 2)
+        key, digest = f"{backbone}/{method}/{name}", config_digest(_root_=cfg)
+        result = self.records.get(key, digest)
+        if result is not None:
+            return result
+        with self.locks.hold(f"run/{key}", wait) as held:
+            if not held:
+                return None
+            result = self.records.get(key, digest)  # finished while this worker waited
+            if result is not None:
+                return result
+            result = self.train_here(cfg)
+            self.records.put(key, digest, result)
         summary = result.get("failed") or f"{self.s.metric} {result[self.s.metric]:.3f}"
         self.tick(f"{backbone}/{method} {name}: {summary} ({result['wall_seconds']:.1f} s)")
         return result
 
-    def seed_runs(self, protocol: str, method: str, backbone: str, best) -> list[dict]:
+    def train_here(self, cfg: DictConfig) -> dict:
+        """Train the seed run ``cfg`` in this worker's output folder (resuming its checkpoint, or
+        reusing a run that finished before results lived in the storage)."""
+        run_dir, log_dir = Path(cfg.output_dir), Path(cfg.trainer.log_dir)
+        config_path = run_dir / "config.yaml"
+        if config_path.exists() and config_path.read_text() != to_yaml(cfg):
+            # another best config than last time: start this seed afresh
+            shutil.rmtree(run_dir)
+            shutil.rmtree(log_dir, ignore_errors=True)
+        result = finished_result(run_dir)
+        if result is not None:
+            return result
+        started = time.perf_counter()
+        try:
+            result = train(cfg)
+            result["code_version"] = code_version()
+        except TRIAL_ERRORS as err:
+            result = {"failed": f"{type(err).__name__}: {err}", "seed": cfg.seed}
+        result["wall_seconds"] = round(time.perf_counter() - started, 2)
+        return result
+
+    def seed_jobs(self, protocol: str, method: str, backbone: str, best) -> list[tuple]:
         """The seed re-runs of ``method`` under ``protocol``: its best trial's config through the
         whole curriculum, or (``retrain``, global learned orders) that trial's learned order
         frozen for a fresh model. Fixed orders and per-image methods run the same either way."""
         params = best.params if best is not None else {}
         order = learned_order(best) if protocol == "retrain" and learns_one_order(method) else None
-        return [self.seed_run(method, backbone, params, seed, order) for seed in self.seeds]
+        return [(method, backbone, params, seed, order) for seed in self.seeds]
 
     def run(self) -> Path:
         s = self.s
         self.bar = tqdm(total=self.total_runs(), desc=s.name, unit="run", file=sys.stderr,
                         disable=not show_progress(s.progress))  # fmt: skip
-        started = time.perf_counter()
         searches: dict[tuple[str, str], optuna.Study] = {}
-        results: dict[tuple[str, str, str], list[dict]] = {}
+        jobs: dict[tuple[str, str, str], list[tuple]] = {}
         try:
             for backbone in self.backbones:
+                # 1. Search every learned method (all workers share each search's budget).
                 for method in self.methods:
                     if method in self.spaces:
                         self.bar.set_description(f"{s.name}: search {backbone}/{method}")
                         searches[backbone, method] = self.search(method, backbone)
+                # 2. Re-run each method's best config on the seeds, every run once: first the
+                #    runs no other worker holds, then (waiting) those it does.
                 for protocol in self.protocols:
                     for method in self.methods:
-                        self.bar.set_description(f"{s.name}: {protocol} {backbone}/{method}")
                         best = best_trial(searches.get((backbone, method)))
-                        if method in self.spaces and best is None:
-                            results[protocol, backbone, method] = []  # every trial failed
-                            continue
-                        results[protocol, backbone, method] = self.seed_runs(
-                            protocol, method, backbone, best
+                        failed = method in self.spaces and best is None  # every trial failed
+                        jobs[protocol, backbone, method] = (
+                            [] if failed else self.seed_jobs(protocol, method, backbone, best)
                         )
+                self.bar.set_description(f"{s.name}: seed runs {backbone}")
+                mine = [job for (_, b, _), js in jobs.items() if b == backbone for job in js]
+                later = [job for job in mine if self.seed_run(job, wait=False) is None]
+                for job in later:
+                    self.seed_run(job)
         finally:
             self.bar.close()
-        return write_report(
-            self.output_dir, self.cfg, searches, results,
-            wall_seconds=time.perf_counter() - started,
-        )  # fmt: skip
-
-
-def learned_order(trial: optuna.trial.FrozenTrial) -> list[int]:
-    """The order a finished search trial learned (recorded with it, else in its run)."""
-    if "order" in trial.user_attrs:
-        return list(trial.user_attrs["order"])
-    raise ValueError(
-        f"search trial {trial.number} recorded no learned order; re-run its study with a fresh "
-        f"'study.output_dir' to use study.protocol=retrain"
-    )
-
-
-def _record(finished: list, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    finished.append(trial)  # this worker's trial (another worker's may be newer in the storage)
-
-
-def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
-    """Finished or running trials count; one interrupted (FAIL without our ``fail_reason``) does
-    not: it is run again."""
-    if trial.state == TrialState.FAIL:
-        return "fail_reason" in trial.user_attrs
-    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-
-
-def requeue_interrupted(study: optuna.Study) -> None:
-    """Enqueue the parameters of each interrupted trial (the latest of its retries) once."""
-    latest: dict[int, optuna.trial.FrozenTrial] = {}
-    for trial in study.get_trials(deepcopy=False):
-        latest[trial.user_attrs.get("retry_of", trial.number)] = trial  # in trial order
-    for root, trial in latest.items():
-        if trial.state == TrialState.FAIL and "fail_reason" not in trial.user_attrs:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": root})
-
-
-def describe(trial: optuna.trial.FrozenTrial) -> str:
-    if trial.state == TrialState.COMPLETE:
-        return f"val {trial.value:.3f}"
-    if trial.state == TrialState.PRUNED:
-        return f"pruned at epoch {trial.last_step}"
-    return f"{trial.state.name} ({trial.user_attrs.get('fail_reason', 'interrupted')})"
+        # 3. The report, from the storage alone: every worker that gets here writes the same one.
+        results = {where: [self.seed_run(job) for job in js] for where, js in jobs.items()}
+        return write_report(self.output_dir, self.cfg, searches, results)
 
 
 def finished_result(run_dir: Path) -> dict | None:
@@ -493,18 +336,9 @@ def finished_result(run_dir: Path) -> dict | None:
     if not result.get("finished"):
         return None
     result.setdefault("wall_seconds", 0.0)
+    if (run_dir / "run.json").exists():
+        result["code_version"] = json.loads((run_dir / "run.json").read_text())["code_version"]
     return result
-
-
-@contextlib.contextmanager
-def exclusive(path: Path):
-    """An exclusive lock on ``path`` (a file), so two workers never train one run at once."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _interrupt(signum, frame):

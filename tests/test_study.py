@@ -13,6 +13,8 @@ from omegaconf import open_dict
 from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from diffsort_reorder import search as search_module
+from diffsort_reorder import space as space_module
 from diffsort_reorder import study as study_module
 from diffsort_reorder.config import compose_config
 from diffsort_reorder.study import Study, StudyStopped
@@ -339,8 +341,8 @@ def test_samplers_pruners_and_training_free_methods_switch_with_one_override(
     assert set(study.spaces) == searched
     built = study.optuna_study("softsort", "txl")
     assert type(built.sampler) is sampler and type(built.pruner) is pruner
-    assert type(study_module.build_sampler(study.s.sampler, 0)) is sampler
-    assert type(study_module.build_pruner(study.s.pruner)) is pruner
+    assert type(space_module.build_sampler(study.s.sampler, 0)) is sampler
+    assert type(space_module.build_pruner(study.s.pruner)) is pruner
 
 
 def fake_train(calls: list):
@@ -398,11 +400,10 @@ def test_seed_runs_use_their_own_seeds(tmp_path, monkeypatch):
 def test_a_killed_workers_trial_is_failed_by_its_heartbeat_and_retried(tmp_path, monkeypatch):
     """A worker killed mid-trial leaves it RUNNING; once its heartbeat is stale, a re-run marks
     it FAIL and runs its parameters again (waiting for it first rather than counting it done)."""
-    monkeypatch.setattr(study_module, "HEARTBEAT_SECONDS", 1)
-    monkeypatch.setattr(study_module, "GRACE_SECONDS", 2)
-    monkeypatch.setattr(study_module, "POLL_SECONDS", 0.5)
+    monkeypatch.setattr(search_module, "POLL_SECONDS", 0.5)
     cfg = study_config(tmp_path, "study.methods=[softsort]", "study.n_trials=1",
-                       "study.start_from_defaults=false")  # fmt: skip
+                       "study.start_from_defaults=false", "study.heartbeat_interval=1",
+                       "study.grace_period=2")  # fmt: skip
     with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna: ask() outside optimize()
         killed = Study(cfg).optuna_study("softsort", "txl").ask()  # RUNNING, as if its worker died
     killed.suggest_float("estimator.lr", 0.02, 0.5, log=True)

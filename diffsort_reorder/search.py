@@ -1,0 +1,142 @@
+"""Searching one method's space with Optuna, shared by any number of workers.
+
+A worker takes its next trial under the search's lock (see storage.py): it pops a waiting trial
+(the defaults, or the retry of an interrupted one) or, while fewer than ``n_trials`` count, starts
+a new one, so every learned method gets exactly ``n_trials`` trials however many workers share
+it. The trial's heartbeat starts before the lock is let go: a worker killed at any point leaves a
+trial that goes stale, is failed and is run again by another worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from tqdm import tqdm
+
+from .storage import heartbeat
+
+# Failures that end one trial (FAIL, with the reason) and let the study go on.
+TRIAL_ERRORS = (FloatingPointError, torch.OutOfMemoryError)
+POLL_SECONDS = 5.0  # how often a worker waiting for others' trials looks again
+
+
+def counts_toward_budget(trial: FrozenTrial) -> bool:
+    """Finished, running and waiting trials count; one interrupted (FAIL without our
+    ``fail_reason``) does not: it is run again."""
+    if trial.state == TrialState.FAIL:
+        return "fail_reason" in trial.user_attrs
+    return True  # complete, pruned, running or waiting
+
+
+def requeue_interrupted(study: optuna.Study) -> None:
+    """Enqueue the parameters of each interrupted trial (the latest of its retries) once."""
+    latest: dict[int, FrozenTrial] = {}
+    for trial in study.get_trials(deepcopy=False):
+        latest[trial.user_attrs.get("retry_of", trial.number)] = trial  # in trial order
+    for root, trial in latest.items():
+        if trial.state == TrialState.FAIL and "fail_reason" not in trial.user_attrs:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": root})
+
+
+def describe(trial: FrozenTrial) -> str:
+    if trial.state == TrialState.COMPLETE:
+        return f"val {trial.value:.3f}"
+    if trial.state == TrialState.PRUNED:
+        return f"pruned at epoch {trial.last_step}"
+    return f"{trial.state.name} ({trial.user_attrs.get('fail_reason', 'interrupted')})"
+
+
+def learned_order(trial: FrozenTrial) -> list[int]:
+    """The order a finished search trial learned (recorded with it by the study)."""
+    if "order" in trial.user_attrs:
+        return list(trial.user_attrs["order"])
+    raise ValueError(
+        f"search trial {trial.number} recorded no learned order; re-run its study with a fresh "
+        f"'study.output_dir' to use study.protocol=retrain"
+    )
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail the trials whose worker stopped beating (database storages only)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def take_trial(study: optuna.Study, n_trials: int, sampler: Callable) -> optuna.Trial | None:
+    """The trial this worker runs next, or None when the budget is spent; call it under the
+    search's lock. ``sampler(n)`` is the sampler to use with ``n`` trials in the storage."""
+    requeue_interrupted(study)
+    trials = study.get_trials(deepcopy=False)
+    waiting = any(t.state == TrialState.WAITING for t in trials)
+    if not waiting and sum(map(counts_toward_budget, trials)) >= n_trials:
+        return None
+    # A sampler seeded by the history, so a resumed study does not redraw its points.
+    study.sampler = sampler(len(trials))
+    with warnings.catch_warnings():  # Optuna: heartbeats outside optimize() (we beat: storage.py)
+        warnings.filterwarnings("ignore", "Heartbeat", UserWarning)
+        return study.ask()  # a waiting trial first, else a new one
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable) -> FrozenTrial:
+    """Run ``objective`` on ``trial`` and tell the study how it ended (as ``optimize`` would):
+    PRUNED, FAIL for :data:`TRIAL_ERRORS` (the study goes on), else FAIL and the error raised."""
+    try:
+        value = objective(trial)
+    except optuna.TrialPruned:
+        study.tell(trial, state=TrialState.PRUNED)
+    except TRIAL_ERRORS:
+        study.tell(trial, state=TrialState.FAIL)
+    except BaseException:  # interrupted: FAIL without a reason, so it is run again
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    else:
+        study.tell(trial, value)
+    return study._storage.get_trial(trial._trial_id)
+
+
+def search(
+    study: optuna.Study,
+    objective: Callable,
+    *,
+    n_trials: int,
+    lock: Callable,
+    sampler: Callable,
+    first_point: Callable[[], dict] | None,
+    wait_for_workers: float,
+    tick: Callable[[FrozenTrial, float], None],
+) -> optuna.Study:
+    """Run trials of ``study`` until it has ``n_trials``, then wait (up to ``wait_for_workers``
+    seconds) for other workers' running trials, which may still change the best config.
+
+    ``lock()`` is the search's lock; ``first_point()`` the parameters of the first trial (None:
+    sampled); ``tick(trial, seconds)`` is told of each trial this worker ran."""
+    waited = 0.0
+    while True:
+        fail_stale_trials(study)  # a killed worker's trial (database heartbeats) is FAIL now
+        with contextlib.ExitStack() as beating:
+            with lock():
+                if first_point is not None and not study.get_trials(deepcopy=False):
+                    study.enqueue_trial(first_point())
+                trial = take_trial(study, n_trials, sampler)
+                if trial is not None:
+                    beating.enter_context(heartbeat(study._storage, trial._trial_id))
+            if trial is not None:
+                started = time.perf_counter()
+                tick(run_trial(study, trial, objective), time.perf_counter() - started)
+                continue
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not running or waited >= wait_for_workers:
+            return study  # (a journal has no heartbeats: a dead worker's trial stays RUNNING)
+        if not waited:
+            tqdm.write(f"{study.study_name}: waiting for {len(running)} running trial(s) of "
+                       f"other workers", file=sys.stderr)  # fmt: skip
+        time.sleep(POLL_SECONDS)
+        waited += POLL_SECONDS

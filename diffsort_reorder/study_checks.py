@@ -1,0 +1,88 @@
+"""Checking a study's own settings (``configs/study/``) before anything runs; each bad value is
+refused with the key, what it got and what is accepted. The run configs a study composes are
+checked by config_checks.py."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, ListConfig
+
+from .backbones import list_backbones
+from .config import compose_config, value_of
+from .methods import check_not_oracle, list_methods
+from .space import build_pruner, build_sampler
+
+METRICS = ("val_acc", "best_val_acc")
+# curriculum: REOrder's (fixed order, policy, frozen order) in every seed run; retrain: the order
+# the best search trial learned, frozen, and a fresh model trained on it in every seed run.
+PROTOCOLS = ("curriculum", "retrain")
+
+
+def check_study(s: DictConfig) -> tuple[list[str], list[str], list[str]]:
+    """Check ``study.*``; returns its methods, protocols and backbones."""
+    methods = check_methods(s.methods)
+    protocols = check_protocols(s.protocol)
+    backbones = check_backbones(s.get("backbones"), s.overrides)
+    for key in ("n_trials", "seeds", "heartbeat_interval", "grace_period"):
+        if not isinstance(s[key], int) or s[key] < 1:
+            raise ValueError(f"'study.{key}' should be an integer >= 1 but got {s[key]!r}")
+    if s.grace_period <= s.heartbeat_interval:
+        raise ValueError(f"'study.grace_period' ({s.grace_period} s) should be longer than "
+                         f"'study.heartbeat_interval' ({s.heartbeat_interval} s)")  # fmt: skip
+    if s.metric not in METRICS:
+        raise ValueError(f"'study.metric' should be one of {METRICS} but got {s.metric!r}")
+    build_sampler(s.sampler, s.seed), build_pruner(s.pruner)  # both check their settings
+    unknown = sorted(set(s.get("method_overrides") or {}) - set(list_methods()))
+    if unknown:
+        raise ValueError(f"'study.method_overrides' names unknown methods {unknown}")
+    unknown = sorted(set(s.get("backbone_overrides") or {}) - set(list_backbones()))
+    if unknown:
+        raise ValueError(f"'study.backbone_overrides' names unknown backbones {unknown}")
+    return methods, protocols, backbones
+
+
+def check_methods(methods) -> list[str]:
+    methods = list(methods or [])
+    if not methods:
+        raise ValueError("'study.methods' is empty; name at least one method")
+    check_not_oracle("'study.methods'", methods)
+    known = [m for m in list_methods() if m != "oracle"]
+    for method in methods:
+        if method not in known:
+            raise ValueError(
+                f"'study.methods' contains unknown method {method!r}; available: {', '.join(known)}"
+            )
+    duplicates = sorted({m for m in methods if methods.count(m) > 1})
+    if duplicates:
+        raise ValueError(f"'study.methods' names {duplicates} more than once")
+    return methods
+
+
+def check_protocols(protocol) -> list[str]:
+    """``study.protocol``: one of :data:`PROTOCOLS`, or a list of them (run both on one search)."""
+    protocols = [protocol] if isinstance(protocol, str) else list(protocol or [])
+    bad = [p for p in protocols if p not in PROTOCOLS]
+    if not protocols or bad or len(set(protocols)) < len(protocols):
+        given = protocols if isinstance(protocol, ListConfig) else protocol
+        raise ValueError(
+            f"'study.protocol' should be one of {PROTOCOLS} (or a list of them, each once) but "
+            f"got {given!r}"
+        )
+    return protocols
+
+
+def check_backbones(backbones, overrides) -> list[str]:
+    """``study.backbones``: a list of distinct registered backbones; null for the one the
+    study's overrides select (else the run config's default)."""
+    if backbones is None:
+        return [value_of(list(overrides), "backbone") or compose_config([]).backbone.name]
+    names = list(backbones) if isinstance(backbones, (list, ListConfig)) else [backbones]
+    known = list_backbones()
+    unknown = [b for b in names if b not in known]
+    duplicates = sorted({b for b in names if names.count(b) > 1})
+    if not names or unknown or duplicates:
+        why = f"unknown {unknown}" if unknown else f"{duplicates} twice" if duplicates else "none"
+        raise ValueError(
+            f"'study.backbones' should list distinct backbones out of {known} (or be null) but "
+            f"names {why}: {names}"
+        )
+    return names
