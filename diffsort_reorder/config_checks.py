@@ -97,9 +97,9 @@ def check_trainer(t: DictConfig, learned: bool) -> None:
         )
 
 
-def check_estimator(est: DictConfig) -> None:
+def check_estimator(est: DictConfig) -> torch.nn.Module:
     """The estimator group: lr, clip, temperature schedule, and its options (checked by building
-    it on two tokens, with the random stream left alone)."""
+    it on two tokens, with the random stream left alone); returns what was built."""
     check_number("estimator.lr", est.lr)
     check_clip("estimator.grad_clip", est.get("grad_clip"))
     check_choice("estimator.tau.schedule", est.tau.schedule, list(TAU_SCHEDULES))
@@ -113,12 +113,36 @@ def check_estimator(est: DictConfig) -> None:
     if "dim" in ESTIMATORS[est.name].extra_required:
         options.setdefault("dim", 1)
     with torch.random.fork_rng(devices=[]):
-        create_estimator(est.name, num_tokens=2, **options)
+        return create_estimator(est.name, num_tokens=2, **options)
 
 
-def check_config(cfg: DictConfig) -> None:
+def check_world_size(cfg: DictConfig, world_size: int, estimator=None) -> None:
+    """A run on ``world_size`` processes: each takes an equal part of every batch and, where the
+    estimator draws ``num_samples`` permutations per batch (image ``b`` using ``b % num_samples``),
+    a whole number of rounds of them, so that its images use the permutations one process gives
+    (``estimator``: the estimator built from the config, if any)."""
+    batch = cfg.trainer.batch_size
+    if batch % world_size:
+        fits = [k * world_size for k in (batch // world_size, batch // world_size + 1) if k]
+        raise ValueError(
+            f"'trainer.batch_size' should be a multiple of the world size ({world_size} "
+            f"processes), so that each takes an equal part of every batch, but got {batch}; "
+            f"e.g. {' or '.join(map(str, fits))}"
+        )
+    per_batch = getattr(estimator, "samples", "batch") == "batch"
+    draws = getattr(estimator, "num_samples", 1) if per_batch else 1
+    if world_size > 1 and (batch // world_size) % draws:
+        raise ValueError(
+            f"'trainer.batch_size' / world size ({batch} / {world_size} = {batch // world_size} "
+            f"images per process) should be a multiple of estimator.options.num_samples "
+            f"({draws}), so that each process's images use the permutations one process gives them"
+        )
+
+
+def check_config(cfg: DictConfig, world_size: int = 1) -> None:
     """A run config as ``diffsort-train`` takes it: every value given, the method, the seed, the
-    positional embedding, the patch size, the trainer and the estimator."""
+    positional embedding, the patch size, the trainer, the estimator and, for a run on several
+    processes, the batch size against ``world_size``."""
     check_complete(cfg)
     learned = kind_of(cfg.method) == "learned"  # an unknown method raises, naming the known ones
     check_int("seed", cfg.seed)
@@ -127,5 +151,5 @@ def check_config(cfg: DictConfig) -> None:
     check_trainer(cfg.trainer, learned and cfg.get("order") is None)
     check_path("output_dir", cfg.output_dir)
     est = cfg.get("estimator")
-    if est is not None:
-        check_estimator(est)
+    estimator = None if est is None else check_estimator(est)
+    check_world_size(cfg, world_size, estimator)

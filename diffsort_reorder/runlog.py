@@ -28,29 +28,41 @@ def flatten_config(cfg: dict, prefix: str = "") -> dict[str, float | int | str |
 
 
 class RunLogger:
-    def __init__(self, log_dir: str | Path, grid: tuple[int, int]) -> None:
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+    """Writes into ``log_dir``; with ``log_dir=None`` (ranks other than 0) it writes nothing."""
+
+    def __init__(self, log_dir: str | Path | None, grid: tuple[int, int]) -> None:
+        self.writer = None if log_dir is None else SummaryWriter(log_dir=str(log_dir))
         self.grid = grid
 
     def scalars(self, step: int, values: dict[str, float | torch.Tensor]) -> None:
+        if self.writer is None:
+            return
         for name, value in values.items():
             value = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
             if math.isfinite(value):
                 self.writer.add_scalar(name, value, step)
 
     def order(self, step: int, order: torch.Tensor, title: str) -> None:
+        if self.writer is None:
+            return
         self.writer.add_image("order", order_image(order, *self.grid, title=title), step)
 
     def soft_matrix(self, step: int, P: torch.Tensor) -> None:
         """One soft permutation ``(N, N)`` as a grey image, scaled into [0, 1]."""
+        if self.writer is None:
+            return
         P = P.detach().float().cpu()
         self.writer.add_image("soft_permutation", (P / P.max().clamp_min(1e-12))[None], step)
 
     def hparams(self, cfg: dict, metrics: dict[str, float]) -> None:
+        if self.writer is None:
+            return
         self.writer.add_hparams(flatten_config(cfg), metrics, run_name=".")
 
     def flush(self) -> None:
-        self.writer.flush()
+        if self.writer is not None:
+            self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()

@@ -4,7 +4,9 @@
 orderer's surrogate loss). It knows nothing about which estimator or backbone it runs: every
 orderer returns a ``PermutationOutput`` and offers ``surrogate_loss``; every backbone maps tokens to
 logits. ``python -m diffsort_reorder.train key=value ...`` composes the config from ``configs/``
-and prints the returned metrics as one JSON line, last.
+and prints the returned metrics as one JSON line, last. Under ``torchrun --nproc-per-node N`` the
+run is data parallel over N processes (see :mod:`diffsort_reorder.distributed`); rank 0 alone
+writes the checkpoint, TensorBoard and the result.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from .cli import bad_input, run_command
 from .config import RUNTIME_KEYS, compose_config, to_yaml
 from .config_checks import check_config
 from .data import batches, create_dataset, grid_shape, key_recall, patchify
+from .data.loading import batch_order
+from .distributed import World, close
 from .methods import build_orderer
 from .model import PatchSequenceModel
 from .runlog import RunLogger
@@ -73,6 +76,7 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     steps_per_epoch: int
     clip_limits: dict[str, float]  # max gradient norm per part: model, orderer (inf: no clip)
+    world: World = World()  # this process's rank among the run's processes
 
     def loading(self) -> tuple[int, bool]:
         """``(num_workers, pin_memory)`` for :func:`batches` of files (pinned on CUDA)."""
@@ -116,6 +120,7 @@ def evaluate(run: Run) -> dict:
     loss_sum, correct, recall, seen = 0.0, 0, 0.0, 0
     keys = getattr(run.val_set, "key_positions", None)  # (K,) or (M, K) per image
     t = run.cfg.trainer
+    # Every rank evaluates the whole validation set: one process's metrics, with no messages.
     for images, labels in batches(run.val_set, t.eval_batch_size, None, *run.loading()):
         images, labels = images.to(run.device), labels.to(run.device)
         with run.autocast():
@@ -152,8 +157,9 @@ def key_patches(dataset) -> list[int] | None:
 
 def build_run(cfg: DictConfig) -> Run:
     t, data_cfg, est = cfg.trainer, cfg.data, cfg.get("estimator")
-    check_config(cfg)
-    device = resolve_device(t.device)
+    world = World.from_env()
+    check_config(cfg, world.size)
+    device = world.connect(resolve_device(t.device))
     options = OmegaConf.to_container(data_cfg.options, resolve=True) or {}
     train_set, val_set = create_dataset(data_cfg.name, **options)
     c, h, w = train_set.image_shape
@@ -172,6 +178,7 @@ def build_run(cfg: DictConfig) -> Run:
         cfg.method, train_set, grid, cfg.get("estimator"), data_cfg.patch_size, cfg.get("prior"),
         token_dim=backbone.dim, order=cfg.get("order"),
     ).to(device)  # fmt: skip
+    world.broadcast_from_main([model, orderer])
     if t.compile:
         model.backbone = torch.compile(model.backbone)
     # Weight decay on the model's matrices only; the orderer has its own lr and no decay.
@@ -184,7 +191,7 @@ def build_run(cfg: DictConfig) -> Run:
             {"params": list(orderer.parameters()), "weight_decay": 0.0, "lr": cfg.estimator.lr}
         )
     optimizer = torch.optim.AdamW(groups, lr=t.lr)
-    steps_per_epoch = math.ceil(len(train_set) / t.batch_size)
+    steps_per_epoch = len(batch_order(len(train_set), t.batch_size, None, world.rank, world.size))
     total, warmup = t.epochs * steps_per_epoch, t.warmup_epochs * steps_per_epoch
     model_lr = functools.partial(lr_factor, warmup_steps=warmup, total_steps=total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -195,7 +202,7 @@ def build_run(cfg: DictConfig) -> Run:
         "orderer": check_clip("estimator.grad_clip", (est or {}).get("grad_clip")),
     }
     return Run(cfg, device, train_set, val_set, grid, model, orderer, optimizer, scheduler,
-               steps_per_epoch, clip_limits)  # fmt: skip
+               steps_per_epoch, clip_limits, world)  # fmt: skip
 
 
 def order_tokens(run: Run, patches: torch.Tensor):
@@ -227,15 +234,18 @@ def train_step(run: Run, images, labels, epoch: int = 0, step: int = 0):
         logits = run.model.classify(out.tokens)
     if early_ms is not None:
         out.aux["early_pass_ms"] = early_ms
+    #    The surrogate term sees every rank's samples, so a REINFORCE baseline follows the rewards
+    #    of the global batch, as in one process.
     per_sample = F.cross_entropy(logits.float(), labels, reduction="none")  # (B,)
-    loss = per_sample.mean() + run.orderer.surrogate_loss(out, per_sample)
-    if not torch.isfinite(loss):
-        raise FloatingPointError(
-            f"non-finite loss {float(loss.detach())} at epoch {epoch}, step {step}"
-        )
-    # 2. Backward; a non-finite gradient stops the run before it reaches the weights.
+    loss = per_sample.mean() + run.orderer.surrogate_loss(*run.world.global_batch(out, per_sample))
+    judged = run.world.mean(loss.detach())  # the same on every rank: all stop or none
+    if not torch.isfinite(judged):
+        raise FloatingPointError(f"non-finite loss {float(judged)} at epoch {epoch}, step {step}")
+    # 2. Backward, gradients averaged over ranks (so clipped as one process clips them); a
+    #    non-finite gradient stops the run before it reaches the weights.
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    run.world.average_gradients([run.model, run.orderer])
     norms = run.clip_gradients()
     for part, norm in norms.items():
         if not torch.isfinite(norm):
@@ -257,7 +267,8 @@ def train_epoch(run: Run, epoch: int, step: int, log: RunLogger) -> tuple[dict, 
     run.orderer.train(phase == "policy")  # fixed and frozen phases use the hard order
     gen = torch.Generator().manual_seed(run.cfg.seed * 100_003 + epoch)  # resumable data order
     loss_sum, correct, seen, soft = 0.0, 0, 0, None
-    for images, labels in batches(run.train_set, t.batch_size, gen, *run.loading()):
+    shard = {"rank": run.world.rank, "world_size": run.world.size}  # this rank's part of each batch
+    for images, labels in batches(run.train_set, t.batch_size, gen, *run.loading(), **shard):
         images, labels = images.to(run.device), labels.to(run.device)
         tau = run.policy_tau(step) if phase == "policy" else None
         if tau is not None:
@@ -271,8 +282,9 @@ def train_epoch(run: Run, epoch: int, step: int, log: RunLogger) -> tuple[dict, 
         if step % t.log_every == 0:
             aux = {f"aux/{k}": v for k, v in out.aux.items() if torch.as_tensor(v).numel() == 1}
             lr = run.scheduler.get_last_lr()[0]
-            loss = per_sample.mean()
+            loss = run.world.mean(per_sample.mean())
             log.scalars(step, {"train/loss": loss, "tau": run.orderer.tau, "lr": lr, **aux})
+    loss_sum, correct, seen = run.world.total([loss_sum, correct, seen])
     return {"phase": phase, "train_loss": loss_sum / seen, "train_acc": correct / seen}, step, soft
 
 
@@ -309,7 +321,7 @@ def fit(
                 log.soft_matrix(state["step"], soft)
         bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['val_acc']:.3f}")
         # 3. Checkpoint atomically: a crash leaves the previous epoch's file whole.
-        if t.checkpoint:
+        if t.checkpoint and run.world.is_main:
             modules = {
                 n: getattr(run, n).state_dict()
                 for n in ("model", "orderer", "optimizer", "scheduler")
@@ -351,14 +363,19 @@ def train(
         for name in ("model", "orderer", "optimizer", "scheduler"):
             getattr(run, name).load_state_dict(saved[name])
         set_rng_state(saved["rng"])
+        if run.world.size > 1 and run.device.type == "cuda" and "cuda" in saved["rng"]:
+            torch.cuda.set_rng_state(saved["rng"]["cuda"][0], run.device)  # rank 0's GPU's
         run.orderer.tau = saved["tau"]  # the temperature the last finished epoch ended at
         state = {k: saved[k] for k in state}
-    # Recorded once the run is known to be this config's (a refused resume leaves them alone).
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(to_yaml(cfg))
-    (out_dir / "run.json").write_text(json.dumps({"code_version": code_version()}) + "\n")
+    # Every rank has read the checkpoint before rank 0 may write the next one (a barrier).
+    run.world.check_same("the epoch to resume from", state["epoch"])
+    main = run.world.is_main
+    if main:  # recorded once the run is known to be this config's (a refused resume leaves them)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(to_yaml(cfg))
+        (out_dir / "run.json").write_text(json.dumps({"code_version": code_version()}) + "\n")
 
-    log = RunLogger(t.get("log_dir") or out_dir / "tb", run.grid)
+    log = RunLogger((t.get("log_dir") or out_dir / "tb") if main else None, run.grid)
     try:
         fit(run, state, log, resolved, on_epoch)
     except BaseException:
@@ -382,6 +399,7 @@ def train(
         "backbone": cfg.backbone.name,
         "data": cfg.data.name,
         "seed": cfg.seed,
+        "world_size": run.world.size,
         "grid": list(run.grid),
         "order": run.orderer.order().cpu().tolist() if run.orderer.is_global else None,
         # A per-image orderer's order for the first validation image (for drawings).
@@ -392,7 +410,8 @@ def train(
         log.hparams(resolved, {"hparam/val_acc": result["val_acc"],
                                "hparam/best_val_acc": result["best_val_acc"]})  # fmt: skip
     log.close()
-    (out_dir / "result.json").write_text(json.dumps(result) + "\n")
+    if main:
+        (out_dir / "result.json").write_text(json.dumps(result) + "\n")
     return result
 
 
@@ -403,10 +422,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     if cfg is None:
         return None
     with bad_input():  # the config's values (before seeding reads seed=), then what it names
-        check_config(cfg)
+        world = World.from_env()
+        check_config(cfg, world.size)
         run = prepare_run(cfg)
     result = train(cfg, run=run)
-    print(json.dumps(result))
+    close()
+    if world.is_main:
+        print(json.dumps(result))
     return result
 
 
