@@ -90,7 +90,7 @@ def _refusal(url: str, err: BaseException) -> ValueError:
         package = DRIVER_PACKAGES.get(missing.partition(".")[0], missing)
         return ValueError(
             f"{where} needs the database driver {missing!r}, which is not installed; install it "
-            f"with: pip install '{package}' (make install does for PostgreSQL)"
+            f"with: pip install '{package}' (make install installs psycopg, for postgresql+psycopg://)"
         )
     if isinstance(err, sqlalchemy.exc.OperationalError) and is_postgres(url):
         reason = " ".join(str(err.orig).split()) if err.orig is not None else str(err)
