@@ -16,6 +16,7 @@ from diffsort_reorder.config_checks import check_config
 from diffsort_reorder.data import BatchLoader, LazyImageDataset, batches, create_dataset
 from diffsort_reorder.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 from diffsort_reorder.data.loading import batch_order
+from diffsort_reorder.priors import prior_images
 from diffsort_reorder.train import train
 
 GREY_LEVEL = 1 / 255 / min(IMAGENET_STD)  # one uint8 step, normalised
@@ -102,6 +103,17 @@ def test_defaults_are_reorders_base_size(tmp_path):
     assert (cfg.data.options.image_size, cfg.data.patch_size) == (224, 16)  # a 14x14 grid
     raw, _ = create_dataset("imagefolder", root=str(tmp_path), image_size=8, normalize=False)
     assert 0.0 <= raw[0][0].min() and raw[0][0].max() <= 1.0
+
+
+def test_priors_read_image_folders_in_the_unit_range(tmp_path):
+    write_photos(tmp_path)
+    train_set, _ = create_dataset("imagefolder", root=str(tmp_path), image_size=16)
+    images = prior_images(train_set, 5, seed=0)  # what compression and collapse priors check
+    assert images.shape == (5, 3, 16, 16) and 0.0 <= images.min() and images.max() <= 1.0
+    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))[:5]
+    model_view = torch.stack([train_set[int(i)][0] for i in order])  # normalised
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    assert torch.allclose(images, model_view * std + mean, atol=1e-6)
 
 
 @pytest.mark.parametrize(

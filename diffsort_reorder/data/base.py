@@ -67,9 +67,13 @@ class LazyImageDataset(Dataset):
     def raw(self, i: int, rng: np.random.Generator | None) -> torch.Tensor:
         raise NotImplementedError
 
+    def to_unit(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, C, H, W)`` -> float ``(B, C, H', W')`` in [0, 1] (what priors read)."""
+        return images.float().div_(255.0)
+
     def to_float(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, C, H, W)`` -> float ``(B, C, H', W')`` as the model reads it."""
-        return images.float().div_(255.0)
+        return self.to_unit(images)
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -61,8 +61,8 @@ class Cifar10Dataset(LazyImageDataset):
     def raw(self, i: int, rng: np.random.Generator | None) -> torch.Tensor:
         return self.pixels[i]
 
-    def to_float(self, images: torch.Tensor) -> torch.Tensor:
-        return resize_images(super().to_float(images), self.image_size)
+    def to_unit(self, images: torch.Tensor) -> torch.Tensor:
+        return resize_images(super().to_unit(images), self.image_size)
 
 
 def cifar10(

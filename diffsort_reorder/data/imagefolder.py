@@ -83,7 +83,7 @@ class ImageFolderDataset(LazyImageDataset):
 
     def to_float(self, images: torch.Tensor) -> torch.Tensor:
         if not self.normalize:
-            return super().to_float(images)
+            return self.to_unit(images)
         # ((x / 255) - mean) / std as one multiply-add over the batch: x * scale + shift.
         mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
