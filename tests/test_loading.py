@@ -176,12 +176,15 @@ def run_config(tmp_path, workers, *extra):
         "trainer=debug", "trainer.progress=false", "data=imagefolder",
         f"data.options.root={tmp_path / 'data'}", "data.options.image_size=16",
         "data.patch_size=4", "+backbone.options.dim=32", "+backbone.options.depth=1",
-        "method=softsort", "trainer.epochs=2", "trainer.batch_size=4",
+        "method=plackett_luce", "trainer.epochs=2", "trainer.curriculum.policy_epochs=2",
+        "trainer.batch_size=4",
         f"output_dir={tmp_path / str(workers)}", f"trainer.num_workers={workers}", *extra,
     ])  # fmt: skip
 
 
 def test_a_run_on_image_files_is_the_same_with_workers(tmp_path):
+    """Plackett-Luce samples from the global generator in both epochs: a draw the loader made
+    there for one worker count and not the other would change its orders."""
     write_photos(tmp_path / "data")
     before = set(multiprocessing.active_children())
     results = [train(run_config(tmp_path, workers)) for workers in (0, 2)]

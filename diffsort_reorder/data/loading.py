@@ -126,6 +126,10 @@ class BatchLoader:
                 pin_memory=self.pin_memory,
                 persistent_workers=workers > 0,
                 prefetch_factor=PREFETCH_BATCHES if workers else None,
+                # Its own generator: a DataLoader draws a seed for its workers each time it makes
+                # an iterator (every epoch with 0 workers, once with persistent ones), from the
+                # global one otherwise, and the run's random draws would depend on num_workers.
+                generator=torch.Generator().manual_seed(0),
             )
         return self._loader
 
