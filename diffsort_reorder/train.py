@@ -16,7 +16,7 @@ import functools
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,7 +30,7 @@ from .checks import check_clip
 from .cli import bad_input, run_command
 from .config import RUNTIME_KEYS, compose_config, to_yaml
 from .config_checks import check_config
-from .data import batches, create_dataset, grid_shape, key_recall, patchify
+from .data import BatchLoader, create_dataset, grid_shape, key_recall, patchify
 from .data.loading import batch_order
 from .distributed import World, close
 from .methods import build_orderer
@@ -77,10 +77,33 @@ class Run:
     steps_per_epoch: int
     clip_limits: dict[str, float]  # max gradient norm per part: model, orderer (inf: no clip)
     world: World = World()  # this process's rank among the run's processes
+    loaders: dict[str, BatchLoader] = field(default_factory=dict)  # "train", "val": made on use
 
     def loading(self) -> tuple[int, bool]:
-        """``(num_workers, pin_memory)`` for :func:`batches` of files (pinned on CUDA)."""
+        """``(num_workers, pin_memory)`` for the loaders of lazy datasets (pinned on CUDA)."""
         return self.cfg.trainer.num_workers, self.device.type == "cuda"
+
+    def loader(self, split: str) -> BatchLoader:
+        """The loader of ``split`` ("train" or "val"), kept for the run so that its DataLoader
+        workers serve every epoch; :meth:`close` stops them. In training each rank reads its part
+        of every batch; every rank validates on the whole set."""
+        if split not in self.loaders:
+            t = self.cfg.trainer
+            dataset, size, shard = {
+                "train": (self.train_set, t.batch_size, (self.world.rank, self.world.size)),
+                "val": (self.val_set, t.eval_batch_size, (0, 1)),
+            }[split]
+            self.loaders[split] = BatchLoader(
+                dataset, size, *self.loading(), device=self.device, rank=shard[0],
+                world_size=shard[1],
+            )  # fmt: skip
+        return self.loaders[split]
+
+    def close(self) -> None:
+        """Stop the loaders' worker processes."""
+        for loader in self.loaders.values():
+            loader.close()
+        self.loaders.clear()
 
     def autocast(self):
         """bf16 autocast where ``trainer.amp`` asks for it (auto: CUDA only). Estimators compute
@@ -119,9 +142,8 @@ def evaluate(run: Run) -> dict:
     run.orderer.eval()
     loss_sum, correct, recall, seen = 0.0, 0, 0.0, 0
     keys = getattr(run.val_set, "key_positions", None)  # (K,) or (M, K) per image
-    t = run.cfg.trainer
     # Every rank evaluates the whole validation set: one process's metrics, with no messages.
-    for images, labels in batches(run.val_set, t.eval_batch_size, None, *run.loading()):
+    for images, labels in run.loader("val").epoch(None):
         images, labels = images.to(run.device), labels.to(run.device)
         with run.autocast():
             out, _ = order_tokens(run, patchify(images, run.cfg.data.patch_size))
@@ -267,8 +289,7 @@ def train_epoch(run: Run, epoch: int, step: int, log: RunLogger) -> tuple[dict, 
     run.orderer.train(phase == "policy")  # fixed and frozen phases use the hard order
     gen = torch.Generator().manual_seed(run.cfg.seed * 100_003 + epoch)  # resumable data order
     loss_sum, correct, seen, soft = 0.0, 0, 0, None
-    shard = {"rank": run.world.rank, "world_size": run.world.size}  # this rank's part of each batch
-    for images, labels in batches(run.train_set, t.batch_size, gen, *run.loading(), **shard):
+    for images, labels in run.loader("train").epoch(gen):
         images, labels = images.to(run.device), labels.to(run.device)
         tau = run.policy_tau(step) if phase == "policy" else None
         if tau is not None:
@@ -381,6 +402,8 @@ def train(
     except BaseException:
         log.close()  # a pruned or interrupted run leaves its events on disk
         raise
+    finally:
+        run.close()  # the DataLoader workers end with the run, however it ends
 
     history = state["history"]
     last = history[-1] if history else {}

@@ -1,7 +1,9 @@
 """The benchmark runs and its target checks can fail (no timing is asserted here)."""
 
 import json
+from pathlib import Path
 
+import pytest
 import torch
 
 from diffsort_reorder.bench.__main__ import main
@@ -123,7 +125,50 @@ def test_data_benchmark_reads_a_photo_folder(tmp_path):
     assert not torch.equal(train_set[0][0], train_set[2][0])  # shifted copies, not duplicates
     rows = data_benchmark(num_images=6, workers=(0, 2))
     assert [r["num_workers"] for r in rows] == [0, 2] and all(r["images_per_s"] > 0 for r in rows)
+    assert all(r["first_epoch_images_per_s"] > 0 for r in rows)
     slow = [dict(num_workers=0, images_per_s=100.0), dict(num_workers=2, images_per_s=150.0)]
     assert [c["holds"] for c in data_targets(slow)] == [False]
     slow[1]["images_per_s"] = 190.0
     assert [c["holds"] for c in data_targets(slow)] == [True]
+
+
+def test_gpu_benchmark_refuses_a_machine_without_cuda(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["gpu", "--device", "cpu"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "needs a CUDA GPU but got --device cpu" in err
+
+
+def test_gpu_benchmark_runs_the_base_size_configs(tmp_path):
+    from diffsort_reorder.bench.data import write_photo_folder
+    from diffsort_reorder.bench.gpu import run_overrides, training_row
+    from diffsort_reorder.config import compose_config
+    from diffsort_reorder.config_checks import check_config
+
+    cfg = compose_config([*run_overrides(tmp_path, "mamba", 64, "cpu"), "output_dir=/dev/null"])
+    check_config(cfg)
+    assert (cfg.backbone.size, cfg.data.options.image_size, cfg.data.patch_size) == (
+        "base",
+        224,
+        16,
+    )
+    assert cfg.trainer.amp is True and cfg.method == "row_major"
+    root = write_photo_folder(tmp_path / "photos", 4)
+    tiny = {"backbone.size": "tiny", "data.options.image_size": 32}
+    row = training_row(root, "txl", 4, "cpu", compile=False, **tiny)  # the real step, small
+    assert (row["batch"], row["N"]) == (4, 4) and row["steps_per_s"] > 0 and row["warmup_s"] > 0
+    assert row["images_per_s"] == pytest.approx(4 * row["steps_per_s"])
+
+
+def test_gpu_benchmark_helpers():
+    from diffsort_reorder.bench.gpu import ddp_command, ddp_row, last_json
+
+    command = ddp_command(["trainer.epochs=1"])
+    assert command[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                           "2", "-m", "diffsort_reorder.train", "trainer.epochs=1"]  # fmt: skip
+    assert last_json('noise\n{"steps": 3}\n[1]\nlast words\n') == {"steps": 3}
+    assert last_json("no json here") is None
+    if torch.cuda.device_count() < 2:
+        row = ddp_row(Path("/nonexistent"), Path("/nonexistent"))
+        assert row["ddp"] == "skipped" and "needs 2 GPUs" in row["reason"]

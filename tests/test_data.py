@@ -7,8 +7,17 @@ import pytest
 import torch
 from PIL import Image
 
-from diffsort_reorder.data import create_dataset, key_recall, list_datasets, patchify, unpatchify
+from diffsort_reorder.data import (
+    batches,
+    create_dataset,
+    key_recall,
+    list_datasets,
+    patchify,
+    unpatchify,
+)
+from diffsort_reorder.data.base import resize_images
 from diffsort_reorder.data.cifar10 import TEST_FILE, TRAIN_FILES
+from diffsort_reorder.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 from diffsort_reorder.data.planted import planted_labels, render_planted
 
 SMALL = dict(num_train=256, num_val=64)
@@ -206,7 +215,27 @@ def test_cifar10_reads_the_python_batches(tmp_path):
     assert image[2, 5, 9] == pytest.approx((7 + 2 + 5 + 9) / 255.0)
     assert val[1][0][0, 0, 0] == pytest.approx(21 / 255.0) and val[1][1] == 1
     small, _ = create_dataset("cifar10", root=str(tmp_path), image_size=16, train_limit=6)
-    assert small.images.shape == (6, 3, 16, 16)
+    assert len(small) == 6 and small.image_shape == (3, 16, 16)
+    assert small[4][0].shape == (3, 16, 16)
+    assert torch.equal(small[4][0], resize_images(train[4][0][None], 16)[0])  # as in memory before
+
+
+def test_cifar10_batches_come_through_the_dataloader(tmp_path):
+    write_cifar(tmp_path / "c")
+    train, _ = create_dataset("cifar10", root=str(tmp_path / "c"), image_size=16)
+    assert not hasattr(train, "images")  # the DataLoader path, as image files
+
+    def epoch(workers):
+        return list(batches(train, 6, torch.Generator().manual_seed(1), num_workers=workers))
+
+    reference = epoch(0)
+    order = torch.randperm(20, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(
+        torch.cat([x for x, _ in reference]), torch.stack([train[int(i)][0] for i in order])
+    )
+    assert torch.equal(torch.cat([y for _, y in reference]), order % 10)
+    for (x0, y0), (x1, y1) in zip(reference, epoch(2), strict=True):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1)
 
 
 def test_cifar10_missing_files_are_named(tmp_path):
@@ -237,7 +266,10 @@ def test_imagefolder_reads_classes_and_resizes(tmp_path):
     assert train.labels.tolist() == [0, 0, 0, 1, 1, 1]
     image, label = train[4]
     assert image.shape == (3, 16, 16) and label == 1
-    assert torch.allclose(image.mean((1, 2)), torch.tensor([0.0, 0.0, 1.0]), atol=1e-3)
+    blue = (torch.tensor([0.0, 0.0, 1.0]) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(
+        IMAGENET_STD
+    )
+    assert torch.allclose(image.mean((1, 2)), blue, atol=1e-3)  # normalised as ImageNet
 
 
 def test_imagefolder_without_val_split(tmp_path):

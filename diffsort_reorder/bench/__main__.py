@@ -1,4 +1,4 @@
-"""``diffsort-bench {data,estimators,long,train} [--device ...] [--out results.json]`` (or
+"""``diffsort-bench {data,estimators,gpu,long,train} [--device ...] [--out results.json]`` (or
 ``python -m diffsort_reorder.bench``)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from ..cli import OneLineParser
-from . import data, estimators, long, train
+from . import data, estimators, gpu, long, train
 
-BENCHMARKS = {"data": data, "estimators": estimators, "long": long, "train": train}
+BENCHMARKS = {"data": data, "estimators": estimators, "gpu": gpu, "long": long, "train": train}
 
 
 def main(argv: list[str] | None = None) -> dict:

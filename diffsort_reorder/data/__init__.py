@@ -1,7 +1,8 @@
 """Datasets by name: ``create_dataset(name, **options) -> (train, val)``.
 
-Every dataset yields ``(image (C, H, W) float in [0, 1], label int)`` and knows its
-``image_shape`` and ``num_classes``. ``None`` options are dropped, so a YAML ``null`` means the
+Every dataset yields ``(image (C, H, W) float, label int)`` and knows its ``image_shape`` and
+``num_classes``; pixels lie in [0, 1] except where a dataset normalises them (image folders:
+ImageNet's mean and std). ``None`` options are dropped, so a YAML ``null`` means the
 loader's default.
 """
 
@@ -9,16 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .base import ImageDataset
+from .base import ImageDataset, LazyImageDataset
 from .cifar10 import cifar10
 from .digits import digits
 from .imagefolder import imagefolder
-from .loading import batches as batches
+from .loading import BatchLoader, batches
 from .patches import grid_shape, patchify, unpatchify
 from .planted import PlantedDataset, key_recall, planted
 from .planted_moving import MovingPlantedDataset, planted_moving
 
-DATASETS: dict[str, Callable[..., tuple[ImageDataset, ImageDataset]]] = {
+Dataset = ImageDataset | LazyImageDataset
+DATASETS: dict[str, Callable[..., tuple[Dataset, Dataset]]] = {
     "planted": planted,
     "planted_moving": planted_moving,
     "digits": digits,
@@ -31,7 +33,7 @@ def list_datasets() -> list[str]:
     return sorted(DATASETS)
 
 
-def create_dataset(name: str, **options) -> tuple[ImageDataset, ImageDataset]:
+def create_dataset(name: str, **options) -> tuple[Dataset, Dataset]:
     """The train and val splits of dataset ``name``."""
     if name not in DATASETS:
         raise ValueError(
@@ -42,9 +44,12 @@ def create_dataset(name: str, **options) -> tuple[ImageDataset, ImageDataset]:
 
 __all__ = [
     "DATASETS",
+    "BatchLoader",
     "ImageDataset",
+    "LazyImageDataset",
     "MovingPlantedDataset",
     "PlantedDataset",
+    "batches",
     "create_dataset",
     "grid_shape",
     "key_recall",

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 
 class ImageDataset(Dataset):
-    """Float images ``(C, H, W)`` in [0, 1] with integer labels.
+    """Float images ``(C, H, W)`` in [0, 1] with integer labels, held in memory.
 
-    Loaders that fit in memory pass ``images (M, C, H, W)`` and ``labels (M,)``; loaders that read
-    files lazily subclass and override ``__getitem__``/``__len__``. Either way the dataset knows its
-    ``image_shape`` and ``num_classes``, which is all the training loop asks of it.
+    The training loop slices ``images (M, C, H, W)`` and ``labels (M,)`` directly; datasets made
+    when indexed are :class:`LazyImageDataset`. Either way the dataset knows its ``image_shape``
+    and ``num_classes``, which is all the training loop asks of it.
     """
 
     def __init__(
@@ -47,6 +48,47 @@ class ImageDataset(Dataset):
             f"dataset {type(self).__name__} defines no oracle order; only synthetic datasets "
             f"with planted key patches (e.g. 'planted') have one"
         )
+
+
+class LazyImageDataset(Dataset):
+    """Images made when indexed (decoded, cropped, flipped), for torch's DataLoader.
+
+    A subclass sets ``labels (M,)``, ``num_classes``, ``classes`` and ``image_shape`` and defines
+    ``raw(i, rng)``: image ``i`` as uint8 ``(C, H, W)``, its random transforms drawn from ``rng``
+    (None: none). DataLoader workers call ``raw_item``, so a batch crosses processes as uint8, and
+    the loader calls ``to_float`` once the batch is on its device. A key is an index or
+    ``(index, seed)``: the seed (the loader draws one per epoch) and the index alone decide the
+    random transforms, so they do not depend on which worker reads the image. ``dataset[key]`` does
+    both steps for one image.
+    """
+
+    labels: torch.Tensor
+
+    def raw(self, i: int, rng: np.random.Generator | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to_unit(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, C, H, W)`` -> float ``(B, C, H', W')`` in [0, 1] (what priors read)."""
+        return images.float().div_(255.0)
+
+    def to_float(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``(B, C, H, W)`` -> float ``(B, C, H', W')`` as the model reads it."""
+        return self.to_unit(images)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def raw_item(self, key) -> tuple[torch.Tensor, int]:
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        rng = None if seed is None else np.random.default_rng([seed, i])
+        return self.raw(i, rng), int(self.labels[i])
+
+    def __getitem__(self, key) -> tuple[torch.Tensor, int]:
+        image, label = self.raw_item(key)
+        return self.to_float(image[None])[0], label
+
+    def oracle_order(self) -> torch.Tensor:
+        return ImageDataset.oracle_order(self)
 
 
 def split_indices(num: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,6 +2,11 @@
 
 root/train/<class>/<image>.jpg
 root/val/<class>/<image>.jpg
+
+REOrder's transforms (torchvision's ImageNet recipe) at the default sizes: the shorter side resized
+to ``resize_size`` (256) with bilinear antialiasing, a centre crop of ``image_size`` (224), a
+horizontal flip with probability 1/2 on train (``flip``), and ImageNet's mean and std
+(``normalize``). Validation is never flipped.
 """
 
 from __future__ import annotations
@@ -12,35 +17,57 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .base import ImageDataset
+from ..checks import check_bool, check_int
+from .base import LazyImageDataset
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CROP_FRACTION = 224 / 256  # resize_size defaults to image_size / CROP_FRACTION
 
 
 def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_image(path: Path, image_size: int) -> torch.Tensor:
-    """RGB ``(3, S, S)`` in [0, 1]: shorter side resized to ``image_size``, then a centre crop."""
+def load_image(path: Path, resize_size: int, crop_size: int, flip: bool = False) -> np.ndarray:
+    """RGB uint8 ``(S, S, 3)``: torchvision's Resize(resize_size) (bilinear, antialiased), then
+    CenterCrop(crop_size), then a mirror when ``flip``; within one grey level of torchvision."""
     with Image.open(path) as img:
-        img = img.convert("RGB")
         w, h = img.size
-        scale = image_size / min(w, h)
-        new_w, new_h = max(image_size, round(w * scale)), max(image_size, round(h * scale))
-        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
-        left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
-        img = img.crop((left, top, left + image_size, top + image_size))
-        array = np.asarray(img, dtype=np.float32) / 255.0  # (S, S, 3)
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+        # torchvision's sizes: the longer side truncated, the crop's corner rounded.
+        short, long = sorted((w, h))
+        new_long = int(resize_size * long / short)
+        new_w, new_h = (resize_size, new_long) if w <= h else (new_long, resize_size)
+        left, top = round((new_w - crop_size) / 2), round((new_h - crop_size) / 2)
+        # A JPEG decodes at 1/2, 1/4 or 1/8 scale when that still covers the resized size: the
+        # same resize after, a fraction of the decoding work on large photos.
+        img.draft("RGB", (new_w, new_h))
+        sx, sy = img.size[0] / new_w, img.size[1] / new_h
+        # Resize only the crop's box: the same filter taps (they may reach outside the box), half
+        # the work of resizing the whole image at 427x640 -> 256 -> 224.
+        box = (left * sx, top * sy, (left + crop_size) * sx, (top + crop_size) * sy)
+        img = img.convert("RGB").resize((crop_size, crop_size), Image.Resampling.BILINEAR, box=box)
+        if flip:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return np.array(img)  # (S, S, 3), a writable copy
 
 
-class ImageFolderDataset(ImageDataset):
+class ImageFolderDataset(LazyImageDataset):
     """A split of an image folder; images are decoded when indexed, labels known up front."""
 
-    def __init__(self, samples: list[tuple[Path, int]], classes: list[str], image_size: int):
+    def __init__(
+        self,
+        samples: list[tuple[Path, int]],
+        classes: list[str],
+        image_size: int,
+        resize_size: int,
+        flip: bool = False,
+        normalize: bool = True,
+    ):
         self.samples = samples
-        self.image_size = image_size
+        self.image_size, self.resize_size = image_size, resize_size
+        self.flip, self.normalize = flip, normalize
         self.labels = torch.tensor([label for _, label in samples], dtype=torch.long)
         self.num_classes = len(classes)
         self.classes = classes
@@ -49,12 +76,18 @@ class ImageFolderDataset(ImageDataset):
     def image_shape(self) -> tuple[int, int, int]:
         return (3, self.image_size, self.image_size)
 
-    def __len__(self) -> int:
-        return len(self.samples)
+    def raw(self, i: int, rng: np.random.Generator | None) -> torch.Tensor:
+        flip = self.flip and rng is not None and rng.random() < 0.5
+        pixels = load_image(self.samples[i][0], self.resize_size, self.image_size, flip)
+        return torch.from_numpy(pixels).permute(2, 0, 1)  # (3, S, S), a view: collation copies
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[i]
-        return load_image(path, self.image_size), label
+    def to_float(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.normalize:
+            return self.to_unit(images)
+        # ((x / 255) - mean) / std as one multiply-add over the batch: x * scale + shift.
+        mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+        return images.float().mul_(1.0 / (255.0 * std)).add_(-mean / std)  # (B, 3, S, S)
 
 
 def _split(root: Path, name: str, classes: list[str] | None) -> tuple[list, list[str]]:
@@ -79,17 +112,30 @@ def _split(root: Path, name: str, classes: list[str] | None) -> tuple[list, list
 
 
 def imagefolder(
-    *, root: str, image_size: int = 224
+    *,
+    root: str,
+    image_size: int = 224,
+    resize_size: int | None = None,
+    flip: bool = True,
+    normalize: bool = True,
 ) -> tuple[ImageFolderDataset, ImageFolderDataset]:
-    """Train/val splits from ``root/train`` and ``root/val``, class names from train's folders."""
+    """Train/val splits from ``root/train`` and ``root/val``, class names from train's folders.
+
+    ``image_size``: the square crop; ``resize_size``: the shorter side before it (None:
+    ``image_size / 0.875``, 256 at 224); ``flip``: random horizontal flips on train;
+    ``normalize``: ImageNet's mean and std (else pixels in [0, 1])."""
     if root is None:
         raise ValueError("'root' should name a local image folder but got None")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
-        raise ValueError(f"'image_size' should be a positive int but got {image_size!r}")
+    image_size = check_int("image_size", image_size, 1)
+    if resize_size is None:
+        resize_size = round(image_size / CROP_FRACTION)
+    resize_size = check_int("resize_size", resize_size, image_size)
+    flip, normalize = check_bool("flip", flip), check_bool("normalize", normalize)
     base = Path(root).expanduser()
     train_samples, classes = _split(base, "train", None)
     val_samples, _ = _split(base, "val", classes)
+    sizes = (image_size, resize_size)
     return (
-        ImageFolderDataset(train_samples, classes, image_size),
-        ImageFolderDataset(val_samples, classes, image_size),
+        ImageFolderDataset(train_samples, classes, *sizes, flip=flip, normalize=normalize),
+        ImageFolderDataset(val_samples, classes, *sizes, flip=False, normalize=normalize),
     )

@@ -1,15 +1,25 @@
-"""Batches for the training loop: in-memory datasets are sliced, files go through a DataLoader.
+"""Batches for the training loop: in-memory datasets are sliced, the others go through a DataLoader.
 
-The batch order is drawn up front from the loop's generator (one permutation per epoch), and the
-DataLoader is handed those batches as they are (``batch_sampler``), so the batches are the same
-for any ``num_workers``: workers only decide who decodes which batch, and a DataLoader returns
-them in order.
+The batch order is drawn up front from the loop's generator (one permutation per epoch) and handed
+to the DataLoader as it is (a batch sampler), so the batches are the same for any ``num_workers``:
+workers only decide who reads which batch, and a DataLoader returns them in order. Random
+transforms (a training flip) draw from a seed the loader takes from the same generator, mixed with
+the image's index, never from a worker's own random state.
+
+A :class:`BatchLoader` keeps one DataLoader, and so its worker processes, for a whole run: each
+epoch sets the sampler's batches and iterates the same loader again.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+PREFETCH_BATCHES = 2  # batches in flight per worker (DataLoader's prefetch_factor)
+Batch = tuple[torch.Tensor, torch.Tensor]  # images (B, C, H, W), labels (B,)
 
 
 def batch_order(
@@ -39,36 +49,157 @@ def batch_order(
     return [idx[rank * part : (rank + 1) * part] for part, idx in parts if part]
 
 
+def item_keys(order: list[torch.Tensor], generator: torch.Generator | None) -> list[list]:
+    """The DataLoader's batches of keys: plain indices in order (no random transforms) or, when
+    shuffled, ``(index, seed)`` with one seed drawn from ``generator`` after the order."""
+    if generator is None:
+        return [idx.tolist() for idx in order]
+    seed = int(torch.randint(2**62, (), generator=generator))
+    return [[(i, seed) for i in idx.tolist()] for idx in order]
+
+
+class EpochBatches(Sampler):
+    """A batch sampler whose batches are set before each epoch; a persistent DataLoader reads
+    it afresh each time it is iterated."""
+
+    def __init__(self) -> None:
+        self.batches: list[list] = []
+
+    def __iter__(self) -> Iterator[list]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _RawItems(Dataset):
+    """What workers read: a lazy dataset's uint8 items (4x less to pass between processes)."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        return self.dataset.raw_item(key)
+
+
+@contextlib.contextmanager
+def _one_thread(active: bool):
+    """Run torch ops in one thread while ``active``. Where worker processes keep the cores busy,
+    a multi-threaded op in the main process waits at its barrier for a descheduled peer thread,
+    spinning: measured on 2 cores with 2 workers, the batch's conversion to float took 3x the CPU
+    time with 2 threads that it takes with one."""
+    threads = torch.get_num_threads()
+    if active:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if active:
+            torch.set_num_threads(threads)
+
+
+def check_workers(num_workers) -> int:
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"'num_workers' should be an int >= 0 but got {num_workers!r}")
+    return num_workers
+
+
+class BatchLoader:
+    """``(images (B, C, H, W), labels (B,))`` batches of ``dataset``, epoch after epoch.
+
+    A dataset with ``images`` in memory is sliced (no per-item overhead; the batches stay on the
+    CPU). Any other dataset (a :class:`~diffsort_reorder.data.base.LazyImageDataset`) is read by
+    one :class:`torch.utils.data.DataLoader` with ``num_workers`` worker processes (0: in this
+    process) that stay alive across epochs until :meth:`close`, ``pin_memory`` on CUDA; its
+    uint8 batches are moved to ``device`` (None: the CPU) and made float there.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        device: torch.device | str | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not hasattr(dataset, "images") and not hasattr(dataset, "raw_item"):
+            raise TypeError(
+                f"'dataset' should hold 'images' in memory or be a LazyImageDataset but got "
+                f"{type(dataset).__name__}"
+            )
+        self.dataset, self.batch_size = dataset, batch_size
+        self.shard = (rank, world_size)  # this process's part of each batch (batch_order)
+        self.num_workers = check_workers(num_workers)
+        self.pin_memory = pin_memory
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self._sampler = EpochBatches()
+        self._loader: DataLoader | None = None
+
+    def _dataloader(self) -> DataLoader:
+        if self._loader is None:
+            workers = self.num_workers
+            self._loader = DataLoader(
+                _RawItems(self.dataset),
+                batch_sampler=self._sampler,
+                num_workers=workers,
+                pin_memory=self.pin_memory,
+                persistent_workers=workers > 0,
+                prefetch_factor=PREFETCH_BATCHES if workers else None,
+                # Its own generator: a DataLoader draws a seed for its workers each time it makes
+                # an iterator (every epoch with 0 workers, once with persistent ones), from the
+                # global one otherwise, and the run's random draws would depend on num_workers.
+                generator=torch.Generator().manual_seed(0),
+            )
+        return self._loader
+
+    def epoch(self, generator: torch.Generator | None) -> Iterator[Batch]:
+        """One epoch's batches, shuffled by ``generator`` (in order, unaugmented when None)."""
+        order = batch_order(len(self.dataset), self.batch_size, generator, *self.shard)
+        if hasattr(self.dataset, "images"):  # in memory: slice
+            for idx in order:
+                yield self.dataset.images[idx], self.dataset.labels[idx]
+            return
+        self._sampler.batches = item_keys(order, generator)
+        loader = self._dataloader()  # iterated after the batches are set: it reads them now
+        busy_cores = self.num_workers > 0 and self.device.type == "cpu"
+        for images, labels in loader:
+            images = images.to(self.device, non_blocking=self.pin_memory)  # (B, C, H, W) uint8
+            labels = labels.to(self.device, non_blocking=self.pin_memory)
+            with _one_thread(busy_cores):
+                images = self.dataset.to_float(images)
+            yield images, labels
+
+    def close(self) -> None:
+        """Stop the worker processes (a later epoch starts new ones)."""
+        iterator = getattr(self._loader, "_iterator", None)
+        # torch has no public close: this is what the iterator's __del__ calls.
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self._loader = None
+
+    def __enter__(self) -> BatchLoader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def batches(
     dataset,
     batch_size: int,
     generator: torch.Generator | None,
     num_workers: int = 0,
     pin_memory: bool = False,
+    device: torch.device | str | None = None,
     rank: int = 0,
     world_size: int = 1,
 ):
-    """``(images (B, C, H, W), labels (B,))`` batches of ``dataset``; shuffled by ``generator``;
-    with ``world_size`` processes, this ``rank``'s part of each (see :func:`batch_order`).
-
-    A dataset with ``images`` in memory is sliced (no per-item overhead). Any other dataset is
-    read by a :class:`torch.utils.data.DataLoader` with ``num_workers`` worker processes (0: in
-    this process) and, on CUDA, ``pin_memory``, each worker keeping two batches in flight.
-    """
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"'num_workers' should be an int >= 0 but got {num_workers!r}")
-    if hasattr(dataset, "images"):  # in memory: slice
-        for idx in batch_order(len(dataset), batch_size, generator, rank, world_size):
-            yield dataset.images[idx], dataset.labels[idx]
-        return
-    loader = DataLoader(
-        dataset,
-        batch_sampler=[
-            idx.tolist()
-            for idx in batch_order(len(dataset), batch_size, generator, rank, world_size)
-        ],
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        prefetch_factor=2 if num_workers else None,
-    )
-    yield from loader
+    """One epoch of :class:`BatchLoader` batches; its workers end with the epoch (or when the
+    caller drops the iterator)."""
+    with BatchLoader(dataset, batch_size, num_workers, pin_memory, device, rank, world_size) as ld:
+        yield from ld.epoch(generator)

@@ -17,11 +17,14 @@ PRIORS = {"compression_prior": compression_prior, "collapse_prior": collapse_pri
 
 
 def prior_images(dataset, max_images: int, seed: int) -> torch.Tensor:
-    """Up to ``max_images`` training images ``(M, C, H, W)``, a seeded random subset."""
+    """Up to ``max_images`` training images ``(M, C, H, W)`` in [0, 1], a seeded random subset
+    (unflipped, not normalised)."""
     n = len(dataset)
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(n, max_images)]
     if hasattr(dataset, "images"):
         return dataset.images[idx]
+    if hasattr(dataset, "raw_item"):  # made when read: in [0, 1], before any normalisation
+        return dataset.to_unit(torch.stack([dataset.raw_item(int(i))[0] for i in idx]))
     return torch.stack([dataset[int(i)][0] for i in idx])
 
 
