@@ -29,6 +29,7 @@ from PIL import Image
 from .config import to_yaml
 from .methods import is_fixed, is_per_image, kind_of
 from .plotting import orders_figure
+from .search import is_interrupted
 from .stats import paired_delta
 
 METRIC_MEANINGS = {
@@ -68,7 +69,7 @@ def best_trial(study: optuna.Study | None) -> optuna.trial.FrozenTrial | None:
 
 def _was_retried(trial, trials) -> bool:
     """An interrupted trial (FAIL without a reason) that a later trial ran again."""
-    if "fail_reason" in trial.user_attrs:
+    if not is_interrupted(trial):
         return False
     root = trial.user_attrs.get("retry_of", trial.number)
     return any(t.number > trial.number and t.user_attrs.get("retry_of") == root for t in trials)

@@ -10,6 +10,7 @@ trial that goes stale, is failed and is run again by another worker.
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 import warnings
@@ -20,19 +21,22 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from .storage import heartbeat
+from .storage import heartbeat, is_heartbeat_enabled, quiet_experimental
 
 # Failures that end one trial (FAIL, with the reason) and let the study go on.
 TRIAL_ERRORS = (FloatingPointError, torch.OutOfMemoryError)
 POLL_SECONDS = 5.0  # how often a worker waiting for others' trials looks again
 
 
+def is_interrupted(trial: FrozenTrial) -> bool:
+    """A trial that failed without our ``fail_reason`` (Ctrl-C, a killed worker): run again."""
+    return trial.state == TrialState.FAIL and "fail_reason" not in trial.user_attrs
+
+
 def counts_toward_budget(trial: FrozenTrial) -> bool:
-    """Finished, running and waiting trials count; one interrupted (FAIL without our
-    ``fail_reason``) does not: it is run again."""
-    if trial.state == TrialState.FAIL:
-        return "fail_reason" in trial.user_attrs
-    return True  # complete, pruned, running or waiting
+    """Finished, failed (with a reason), running and waiting trials count; an interrupted one
+    does not: it is run again."""
+    return not is_interrupted(trial)
 
 
 def requeue_interrupted(study: optuna.Study) -> None:
@@ -41,7 +45,7 @@ def requeue_interrupted(study: optuna.Study) -> None:
     for trial in study.get_trials(deepcopy=False):
         latest[trial.user_attrs.get("retry_of", trial.number)] = trial  # in trial order
     for root, trial in latest.items():
-        if trial.state == TrialState.FAIL and "fail_reason" not in trial.user_attrs:
+        if is_interrupted(trial):
             study.enqueue_trial(trial.params, user_attrs={"retry_of": root})
 
 
@@ -65,8 +69,7 @@ def learned_order(trial: FrozenTrial) -> list[int]:
 
 def fail_stale_trials(study: optuna.Study) -> None:
     """Fail the trials whose worker stopped beating (database storages only)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with quiet_experimental():
         optuna.storages.fail_stale_trials(study)
 
 
@@ -91,15 +94,13 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable) -> 
     try:
         value = objective(trial)
     except optuna.TrialPruned:
-        study.tell(trial, state=TrialState.PRUNED)
+        return study.tell(trial, state=TrialState.PRUNED)
     except TRIAL_ERRORS:
-        study.tell(trial, state=TrialState.FAIL)
+        return study.tell(trial, state=TrialState.FAIL)
     except BaseException:  # interrupted: FAIL without a reason, so it is run again
         study.tell(trial, state=TrialState.FAIL)
         raise
-    else:
-        study.tell(trial, value)
-    return study._storage.get_trial(trial._trial_id)
+    return study.tell(trial, value)
 
 
 def search(
@@ -113,11 +114,15 @@ def search(
     wait_for_workers: float,
     tick: Callable[[FrozenTrial, float], None],
 ) -> optuna.Study:
-    """Run trials of ``study`` until it has ``n_trials``, then wait (up to ``wait_for_workers``
-    seconds) for other workers' running trials, which may still change the best config.
+    """Run trials of ``study`` until it has ``n_trials``, then wait for other workers' running
+    trials, which may still change the best config: until they end on a database (a killed
+    worker's trial goes stale, fails and is run again, so every worker ends with the same
+    trials), up to ``wait_for_workers`` seconds on a journal (no heartbeats).
 
     ``lock()`` is the search's lock; ``first_point()`` the parameters of the first trial (None:
     sampled); ``tick(trial, seconds)`` is told of each trial this worker ran."""
+    if is_heartbeat_enabled(study._storage):
+        wait_for_workers = math.inf
     waited = 0.0
     while True:
         fail_stale_trials(study)  # a killed worker's trial (database heartbeats) is FAIL now
@@ -134,7 +139,7 @@ def search(
                 continue
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if not running or waited >= wait_for_workers:
-            return study  # (a journal has no heartbeats: a dead worker's trial stays RUNNING)
+            return study
         if not waited:
             tqdm.write(f"{study.study_name}: waiting for {len(running)} running trial(s) of "
                        f"other workers", file=sys.stderr)  # fmt: skip

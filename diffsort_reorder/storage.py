@@ -2,10 +2,11 @@
 
 A study's storage (``study.storage``) is the one thing its workers share: Optuna's trials, the
 finished seed runs (:class:`RunRecords`) and the locks (:func:`open_locks`) all go through it, so
-workers on different machines with different output folders need nothing else in common.
+workers on different machines need no shared folder (only the same command and the data at the
+same path, which is part of every run's config).
 
-- SQLite (the default, ``<output_dir>/study.db``) and journal files (``*.log``) serve the workers
-  of one machine; their locks are ``fcntl`` locks in a folder beside the file.
+- SQLite (the default, ``<output_dir>/study.db``) serves one worker; a journal file (``*.log``)
+  the workers of one machine. Their locks are ``fcntl`` locks in a folder beside the file.
 - PostgreSQL (``postgresql+psycopg://user@host/db``) serves a cluster. Its locks are session
   advisory locks, which the server releases the moment their holder's connection ends (a killed
   worker included), and a trial's heartbeats let another worker retry a killed worker's trial.
@@ -52,6 +53,18 @@ def is_journal(url: str) -> bool:
     return url.startswith("journal:") or url.endswith(JOURNAL_SUFFIXES)
 
 
+def journal_path(url: str) -> Path:
+    return Path(url.removeprefix("journal:"))
+
+
+@contextlib.contextmanager
+def quiet_experimental() -> Iterator[None]:
+    """Without Optuna's ExperimentalWarning (heartbeats, fail_stale_trials, user attributes)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
 def is_postgres(url: str) -> bool:
     return url.startswith(("postgresql:", "postgresql+", "postgres:"))
 
@@ -88,9 +101,10 @@ def _refusal(url: str, err: BaseException) -> ValueError:
     missing = _missing_module(err)
     if missing is not None:
         package = DRIVER_PACKAGES.get(missing.partition(".")[0], missing)
+        ours = " (make install installs it)" if package == DRIVER_PACKAGES["psycopg"] else ""
         return ValueError(
             f"{where} needs the database driver {missing!r}, which is not installed; install it "
-            f"with: pip install '{package}' (make install installs psycopg, for postgresql+psycopg://)"
+            f"with: pip install '{package}'{ours}"
         )
     if isinstance(err, sqlalchemy.exc.OperationalError) and is_postgres(url):
         reason = " ".join(str(err.orig).split()) if err.orig is not None else str(err)
@@ -120,13 +134,12 @@ def open_storage(url: str, heartbeat: tuple[int, int] = (10, 30)):
     would otherwise die on ``DuplicateTable``)."""
     try:
         if is_journal(url):
-            path = Path(url.removeprefix("journal:"))
+            path = journal_path(url)
             path.parent.mkdir(parents=True, exist_ok=True)
             backend = optuna.storages.journal.JournalFileBackend(str(path))
             return optuna.storages.JournalStorage(backend)
         lock = _advisory_lock(_engine(url), SCHEMA_LOCK) if is_postgres(url) else _no_lock()
-        with lock, warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with lock, quiet_experimental():
             interval, grace = heartbeat
             return optuna.storages.RDBStorage(
                 url,
@@ -156,15 +169,25 @@ def _advisory_lock(engine: sqlalchemy.Engine, name: str, wait: bool = True) -> I
     releases it when this process ends, however it ends. Yields whether it is held (always, when
     ``wait``)."""
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        # A server's timeouts must not end the wait for a lock, or a lock held for hours.
+        for setting in ("statement_timeout", "idle_session_timeout"):
+            conn.execute(sqlalchemy.text("SELECT set_config(:name, '0', false)"), {"name": setting})
         call = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
         held = conn.execute(sqlalchemy.text(f"SELECT {call}(:key)"), {"key": _lock_key(name)})
         held = wait or bool(held.scalar())
         try:
             yield held
+            if held:  # held only while its connection lives: say so if it did not
+                try:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"),
+                                 {"key": _lock_key(name)})  # fmt: skip
+                except sqlalchemy.exc.DBAPIError as err:
+                    log.warning("the lock %r was lost with its connection to the study's "
+                                "database (%s): another worker may have done the same work "
+                                "(its result is the same run's)", name, err.orig)  # fmt: skip
         finally:
-            if held:  # the connection's end would release it too; this says so at once
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"),
-                             {"key": _lock_key(name)})  # fmt: skip
+            with contextlib.suppress(sqlalchemy.exc.DBAPIError):
+                conn.close()
 
 
 class AdvisoryLocks:
@@ -209,7 +232,7 @@ def open_locks(url: str, namespace: str, output_dir: Path) -> AdvisoryLocks | Fi
     if is_postgres(url):
         return AdvisoryLocks(url, namespace)
     if is_journal(url):
-        path = Path(url.removeprefix("journal:"))
+        path = journal_path(url)
     elif url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
     else:
@@ -220,21 +243,29 @@ def open_locks(url: str, namespace: str, output_dir: Path) -> AdvisoryLocks | Fi
 
 
 # --------------------------------------------------------------------------- heartbeats
+def is_heartbeat_enabled(storage) -> bool:
+    """Whether ``storage`` keeps trial heartbeats (a database opened by :func:`open_storage`)."""
+    return hasattr(storage, "record_heartbeat") and bool(storage.get_heartbeat_interval())
+
+
 @contextlib.contextmanager
 def heartbeat(storage, trial_id: int) -> Iterator[None]:
     """Record ``trial_id``'s heartbeat every interval while the block runs (what Optuna's
     ``optimize`` does; a study asks for its trials itself, see search.py). Storages without
     heartbeats (journals) get none."""
-    interval = storage.get_heartbeat_interval() if hasattr(storage, "record_heartbeat") else None
-    if not interval:
+    if not is_heartbeat_enabled(storage):
         yield
         return
+    interval = storage.get_heartbeat_interval()
     storage.record_heartbeat(trial_id)
     stop = threading.Event()
 
     def beat() -> None:
         while not stop.wait(interval):
-            storage.record_heartbeat(trial_id)
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as err:  # noqa: BLE001  (a dropped connection: keep trying)
+                log.warning("trial %d: heartbeat not recorded (%s); retrying", trial_id, err)
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
     thread.start()
@@ -254,8 +285,7 @@ class RunRecords:
     of another config than the one asked for (the best trial changed) does not count."""
 
     def __init__(self, storage, study_name: str) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with quiet_experimental():
             self.study = optuna.create_study(
                 study_name=f"{study_name}/runs", storage=storage, load_if_exists=True
             )

@@ -17,7 +17,8 @@ interrupted (Ctrl-C, a killed worker) is run again with its parameters from its 
 trial whose loss or gradient goes non-finite, or that runs out of memory, ends FAIL with the reason
 in its ``fail_reason`` attribute, and the study goes on. Any number of workers may share a study:
 they coordinate through its storage alone (``study.storage``; see storage.py and search.py), the
-workers of one machine on SQLite or a journal file, workers on many machines on PostgreSQL.
+workers of one machine on a journal file, workers on many machines on PostgreSQL (the default,
+SQLite, is for one worker).
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ import sys
 import time
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import optuna
+import sqlalchemy
 import torch
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
@@ -69,6 +72,17 @@ class StudyStopped(Exception):
     """``study.stop_after_runs`` was reached (as if interrupted)."""
 
 
+class SeedJob(NamedTuple):
+    """One seed re-run: ``method``'s best ``params`` on ``backbone`` with ``seed``, and for the
+    retrain protocol the learned ``order`` it trains on (None: the curriculum)."""
+
+    method: str
+    backbone: str
+    params: dict
+    seed: int
+    order: list[int] | None
+
+
 class Study:
     """One invocation of a study; :meth:`run` searches, re-runs the best configs and reports."""
 
@@ -86,11 +100,10 @@ class Study:
             for method in self.methods:
                 self.check_run_config(method, backbone)
         # Everything workers share goes through the storage: trials, finished runs, locks.
-        url = storage_url(s.storage, self.output_dir)
-        self.storage = open_storage(url, (s.heartbeat_interval, s.grace_period))
-        self.locks = open_locks(url, s.name, self.output_dir)
+        self.url = storage_url(s.storage, self.output_dir)
+        self.storage = open_storage(self.url, (s.heartbeat_interval, s.grace_period))
+        self.locks = open_locks(self.url, s.name, self.output_dir)
         self.records = RunRecords(self.storage, s.name)
-        log.debug("study %s in %s", s.name, shown(url))
         self.runs_done = 0
         self.bar = None
 
@@ -239,34 +252,35 @@ class Study:
         )
 
     # --- seed re-runs
-    def seed_run(self, job: tuple, wait: bool = True) -> dict | None:
-        """The result of the seed run ``job`` (method, backbone, params, seed, order): recorded
-        in the storage by whichever worker trained it, else trained here. With an ``order`` (the
-        retrain protocol) the run trains a fresh model on that fixed order. None when another
-        worker is training it and ``wait`` is False."""
-        method, backbone, params, seed, order = job
-        name = f"seed-{seed}" if order is None else f"retrain-seed-{seed}"
-        extra = [] if order is None else [f"order=[{','.join(map(str, order))}]"]
-        cfg = self.run_config(method, backbone, seed, name, params, extra)
-        key, digest = f"{backbone}/{method}/{name}", config_digest(_root_=cfg)
+    def seed_run(self, job: SeedJob, wait: bool = True) -> dict | None:
+        """The result of the seed run ``job``: recorded in the storage by whichever worker
+        trained it, else trained here. With an ``order`` (the retrain protocol) the run trains a
+        fresh model on that fixed order. None when another worker is training it and ``wait``
+        is False. A run that failed (:data:`TRIAL_ERRORS`) is recorded as failed, and final."""
+        name = f"seed-{job.seed}" if job.order is None else f"retrain-seed-{job.seed}"
+        extra = [] if job.order is None else [f"order=[{','.join(map(str, job.order))}]"]
+        cfg = self.run_config(job.method, job.backbone, job.seed, name, job.params, extra)
+        key, digest = f"{job.backbone}/{job.method}/{name}", config_digest(_root_=cfg)
         result = self.records.get(key, digest)
         if result is not None:
             return result
         with self.locks.hold(f"run/{key}", wait) as held:
             if not held:
                 return None
-            result = self.records.get(key, digest)  # finished while this worker waited
-            if result is not None:
-                return result
-            result = self.train_here(cfg)
-            self.records.put(key, digest, result)
-        summary = result.get("failed") or f"{self.s.metric} {result[self.s.metric]:.3f}"
-        self.tick(f"{backbone}/{method} {name}: {summary} ({result['wall_seconds']:.1f} s)")
+            result, trained = self.records.get(key, digest), False  # done while this one waited
+            if result is None:
+                result, trained = self.train_here(cfg)
+                self.records.put(key, digest, result)
+        if trained:
+            summary = result.get("failed") or f"{self.s.metric} {result[self.s.metric]:.3f}"
+            self.tick(f"{job.backbone}/{job.method} {name}: {summary} "
+                      f"({result['wall_seconds']:.1f} s)")  # fmt: skip
         return result
 
-    def train_here(self, cfg: DictConfig) -> dict:
-        """Train the seed run ``cfg`` in this worker's output folder (resuming its checkpoint, or
-        reusing a run that finished before results lived in the storage)."""
+    def train_here(self, cfg: DictConfig) -> tuple[dict, bool]:
+        """Train the seed run ``cfg`` in this worker's output folder (resuming its checkpoint),
+        or reuse the run that finished there but is not in the storage (run by an older version,
+        or interrupted before it was recorded). Returns the result and whether it trained."""
         run_dir, log_dir = Path(cfg.output_dir), Path(cfg.trainer.log_dir)
         config_path = run_dir / "config.yaml"
         if config_path.exists() and config_path.read_text() != to_yaml(cfg):
@@ -275,7 +289,7 @@ class Study:
             shutil.rmtree(log_dir, ignore_errors=True)
         result = finished_result(run_dir)
         if result is not None:
-            return result
+            return result, False
         started = time.perf_counter()
         try:
             result = train(cfg)
@@ -283,22 +297,22 @@ class Study:
         except TRIAL_ERRORS as err:
             result = {"failed": f"{type(err).__name__}: {err}", "seed": cfg.seed}
         result["wall_seconds"] = round(time.perf_counter() - started, 2)
-        return result
+        return result, True
 
-    def seed_jobs(self, protocol: str, method: str, backbone: str, best) -> list[tuple]:
+    def seed_jobs(self, protocol: str, method: str, backbone: str, best) -> list[SeedJob]:
         """The seed re-runs of ``method`` under ``protocol``: its best trial's config through the
         whole curriculum, or (``retrain``, global learned orders) that trial's learned order
         frozen for a fresh model. Fixed orders and per-image methods run the same either way."""
         params = best.params if best is not None else {}
         order = learned_order(best) if protocol == "retrain" and learns_one_order(method) else None
-        return [(method, backbone, params, seed, order) for seed in self.seeds]
+        return [SeedJob(method, backbone, params, seed, order) for seed in self.seeds]
 
     def run(self) -> Path:
         s = self.s
         self.bar = tqdm(total=self.total_runs(), desc=s.name, unit="run", file=sys.stderr,
                         disable=not show_progress(s.progress))  # fmt: skip
         searches: dict[tuple[str, str], optuna.Study] = {}
-        jobs: dict[tuple[str, str, str], list[tuple]] = {}
+        jobs: dict[tuple[str, str, str], list[SeedJob]] = {}
         try:
             for backbone in self.backbones:
                 # 1. Search every learned method (all workers share each search's budget).
@@ -306,8 +320,8 @@ class Study:
                     if method in self.spaces:
                         self.bar.set_description(f"{s.name}: search {backbone}/{method}")
                         searches[backbone, method] = self.search(method, backbone)
-                # 2. Re-run each method's best config on the seeds, every run once: first the
-                #    runs no other worker holds, then (waiting) those it does.
+                # 2. Re-run each method's best config on the seeds, every run once: here the
+                #    runs no other worker holds (those it does are waited for in 3).
                 for protocol in self.protocols:
                     for method in self.methods:
                         best = best_trial(searches.get((backbone, method)))
@@ -316,13 +330,12 @@ class Study:
                             [] if failed else self.seed_jobs(protocol, method, backbone, best)
                         )
                 self.bar.set_description(f"{s.name}: seed runs {backbone}")
-                mine = [job for (_, b, _), js in jobs.items() if b == backbone for job in js]
-                later = [job for job in mine if self.seed_run(job, wait=False) is None]
-                for job in later:
-                    self.seed_run(job)
+                for job in (job for (_, b, _), js in jobs.items() if b == backbone for job in js):
+                    self.seed_run(job, wait=False)
         finally:
             self.bar.close()
-        # 3. The report, from the storage alone: every worker that gets here writes the same one.
+        # 3. The report, from the storage alone (waiting for other workers' runs, or training
+        #    those a killed worker left): every worker that gets here writes the same one.
         results = {where: [self.seed_run(job) for job in js] for where, js in jobs.items()}
         return write_report(self.output_dir, self.cfg, searches, results)
 
@@ -365,6 +378,10 @@ def main(argv: list[str] | None = None) -> None:
     except StudyStopped as stop:
         print(f"{stop}; run the same command again to continue", file=sys.stderr)
         return
+    except sqlalchemy.exc.OperationalError as err:  # the database went away mid-study
+        print(f"error: lost 'study.storage' {shown(study.url)!r} ({' '.join(str(err.orig).split())}"
+              f"); run the same command again to continue", file=sys.stderr)  # fmt: skip
+        sys.exit(1)
     print(report)
 
 

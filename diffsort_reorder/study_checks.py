@@ -8,6 +8,7 @@ from omegaconf import DictConfig, ListConfig
 
 from .backbones import list_backbones
 from .config import compose_config, value_of
+from .distributed import World
 from .methods import check_not_oracle, list_methods
 from .space import build_pruner, build_sampler
 
@@ -19,6 +20,12 @@ PROTOCOLS = ("curriculum", "retrain")
 
 def check_study(s: DictConfig) -> tuple[list[str], list[str], list[str]]:
     """Check ``study.*``; returns its methods, protocols and backbones."""
+    if World.from_env().size > 1:
+        raise ValueError(
+            f"a study runs in one process per worker, but torchrun's WORLD_SIZE is "
+            f"{World.from_env().size}: start study workers without torchrun (each trial's run "
+            f"would wait for the others' ranks); torchrun is for one run (diffsort-train)"
+        )
     methods = check_methods(s.methods)
     protocols = check_protocols(s.protocol)
     backbones = check_backbones(s.get("backbones"), s.overrides)

@@ -52,9 +52,11 @@ def trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
 
 def test_workers_on_different_machines_share_one_study(tmp_path, postgres_url):
     """Three workers, each with its own output folder (no shared filesystem), one database:
-    exactly n_trials trials, every seed run trained once by one of them, the same report."""
+    exactly n_trials trials, every seed run trained once by one of them, the same report. On a
+    database a worker waits for the others' trials whatever wait_for_workers says (0 here), so
+    every worker picks the same best config."""
     folders = [tmp_path / f"machine-{k}" for k in range(3)]
-    workers = [start_worker(f, postgres_url) for f in folders]
+    workers = [start_worker(f, postgres_url, "study.wait_for_workers=0") for f in folders]
     for worker in workers:
         finish(worker)
     found = trials(postgres_url, "smoke/txl/softsort")
@@ -77,15 +79,20 @@ def test_workers_on_different_machines_share_one_study(tmp_path, postgres_url):
 
 def test_workers_opening_a_fresh_database_at_once_all_start(postgres_url):
     """Optuna creates its tables on first open; two workers doing so at once used to lose one to
-    DuplicateTable. Here six processes open one fresh database at the same instant."""
-    start = time.time() + 6  # after every process has imported Optuna
+    DuplicateTable (4 or 5 of 6 without the turn). Six processes, each ready with Optuna
+    imported, are released together to open one fresh database."""
     script = (
-        "import sys, time; from diffsort_reorder.storage import open_storage, RunRecords\n"
-        f"time.sleep(max(0, {start} - time.time()))\n"
+        "import sys; from diffsort_reorder.storage import open_storage, RunRecords\n"
+        "print('ready', flush=True); sys.stdin.readline()\n"
         f"RunRecords(open_storage({postgres_url!r}), 'race')\n"
     )
-    workers = [subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    workers = [subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(6)]  # fmt: skip
+    assert [w.stdout.readline().strip() for w in workers] == ["ready"] * 6
+    for worker in workers:  # go
+        worker.stdin.write("\n")
+        worker.stdin.flush()
     errors = [w.communicate(timeout=120)[1] for w in workers]
     assert [w.returncode for w in workers] == [0] * 6, "\n".join(errors)[-3000:]
     assert optuna.study.get_all_study_names(postgres_url) == ["race/runs"]
@@ -119,17 +126,22 @@ def test_a_killed_workers_trial_is_retried_by_another(tmp_path, postgres_url):
     assert retry.params == killed.params
 
 
-def test_a_killed_holders_lock_is_released(postgres_url):
-    """The advisory lock of a SIGKILLed process is free at once (the seed run it was training
-    goes to another worker)."""
+@pytest.mark.parametrize("kind", ["postgres", "sqlite", "journal"])
+def test_a_killed_holders_lock_is_released(tmp_path, request, kind):
+    """A lock held by another process is refused without waiting; once that process is
+    SIGKILLed it is free at once (the seed run it was training goes to another worker):
+    advisory locks on PostgreSQL, fcntl locks beside a SQLite or journal file."""
+    url = {"postgres": lambda: request.getfixturevalue("postgres_url"),
+           "sqlite": lambda: f"sqlite:///{tmp_path / 'study.db'}",
+           "journal": lambda: str(tmp_path / "journal.log")}[kind]()  # fmt: skip
     script = (
         "import sys, time; from pathlib import Path; from diffsort_reorder.storage import "
-        f"open_locks\nwith open_locks({postgres_url!r}, 's', Path('.')).hold('run/x'):\n"
+        f"open_locks\nwith open_locks({url!r}, 's', Path({str(tmp_path)!r})).hold('run/x'):\n"
         "    print('held', flush=True); time.sleep(600)\n"
     )
     holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
-    locks = open_locks(postgres_url, "s", Path("."))
+    locks = open_locks(url, "s", tmp_path)
     with locks.hold("run/x", wait=False) as held:
         assert not held
     holder.send_signal(signal.SIGKILL)

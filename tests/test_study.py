@@ -285,7 +285,7 @@ def test_cli_reports_bad_input_without_training(tmp_path):
     assert not (tmp_path / "train").exists()
 
 
-def test_journal_storage_for_several_workers(tmp_path):
+def test_a_journal_file_holds_the_study(tmp_path):
     journal = tmp_path / "journal.log"
     cfg = study_config(tmp_path, "study.methods=[softsort]", f"study.storage={journal}")
     Study(cfg).run()
@@ -366,6 +366,50 @@ def fake_train(calls: list):
         return result
 
     return record
+
+
+def test_a_failed_seed_run_is_recorded_and_final(tmp_path, monkeypatch):
+    """A seed run that goes non-finite is recorded as failed in the storage: the report lists
+    it, and a re-run of the command reads it rather than training it again (as a trial that
+    failed with a reason)."""
+    calls = []
+    record = fake_train(calls)
+
+    def nan_on_seed_2(cfg, on_epoch=None):
+        if cfg.seed == 2:
+            raise FloatingPointError("non-finite loss nan at epoch 0, step 1")
+        return record(cfg, on_epoch)
+
+    monkeypatch.setattr(study_module, "train", nan_on_seed_2)
+    cfg = study_config(tmp_path, "study.methods=[row_major]")
+    report = Study(cfg).run().read_text()
+    assert "`row_major` (txl, curriculum) seed 2: FloatingPointError: non-finite loss" in report
+    assert read_results(tmp_path)["row_major"]["n_seeds"] == "1"
+    forbid_training(monkeypatch)
+    assert Study(cfg).run().read_text() == report
+
+
+def test_seed_runs_finished_by_an_older_version_are_reused_silently(tmp_path, monkeypatch,
+                                                                      capsys):  # fmt: skip
+    """A run that finished in its folder but is not in the storage (an older version of the
+    suite, or an interruption before it was recorded) is recorded, not trained again, and not
+    counted as a run of this invocation."""
+    cfg = study_config(tmp_path, "study.methods=[row_major]")
+    Study(cfg).run()
+    before = read_results(tmp_path)
+    optuna.delete_study(study_name="smoke/runs", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    forbid_training(monkeypatch)
+    capsys.readouterr()
+    Study(study_config(tmp_path, "study.methods=[row_major]", "study.stop_after_runs=1")).run()
+    assert read_results(tmp_path) == before
+    assert "seed-1" not in capsys.readouterr().err  # reused: no line, and stop_after_runs=1 holds
+
+
+def test_a_study_refuses_torchrun(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ValueError, match="WORLD_SIZE is 2: start study workers without torchrun"):
+        Study(study_config(tmp_path))
 
 
 def test_seed_runs_use_their_own_seeds(tmp_path, monkeypatch):
