@@ -130,6 +130,9 @@ def test_data_benchmark_reads_a_photo_folder(tmp_path):
     assert [c["holds"] for c in data_targets(slow)] == [False]
     slow[1]["images_per_s"] = 190.0
     assert [c["holds"] for c in data_targets(slow)] == [True]
+    # With turns, the median of the back-to-back ratios decides (here 1.5, 1.9, 2.0 -> 1.9).
+    slow[0]["turn_images_per_s"], slow[1]["turn_images_per_s"] = [100, 100, 90], [150, 190, 180]
+    assert [c["measured"].split()[0] for c in data_targets(slow)] == ["1.90x"]
 
 
 def test_gpu_benchmark_refuses_a_machine_without_cuda(capsys):

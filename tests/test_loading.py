@@ -155,7 +155,7 @@ class WorkerPids(LazyImageDataset):
         return torch.tensor(list(os.getpid().to_bytes(4, "little")), dtype=torch.uint8)
 
     def to_float(self, images):
-        return images
+        return images.clone()  # a new tensor, as the loader asks (it reuses its slots)
 
 
 def pids(batch_list):

@@ -11,6 +11,7 @@ training), the others are the steady rate. Target on this 2-core CPU: 2 workers 
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -61,13 +62,16 @@ def epoch_rates(dataset, num_workers: int, device="cpu", epochs: int = EPOCHS) -
 
 def worker_rows(dataset, workers=WORKERS, device="cpu", repeats: int = 1) -> list[dict]:
     """Per worker count: the first epoch's images/s and the best steady epoch's, best of
-    ``repeats`` loaders."""
+    ``repeats`` loaders. The repeats take turns over the worker counts (0, 1, 2, 0, 1, 2, ...),
+    so a slow spell of a shared machine does not fall on one row alone."""
+    turns = [[epoch_rates(dataset, w, device) for w in workers] for _ in range(repeats)]
     rows = []
-    for w in workers:
-        runs = [epoch_rates(dataset, w, device) for _ in range(repeats)]
+    for k, w in enumerate(workers):
+        runs = [turn[k] for turn in turns]
         rows.append(dict(num_workers=w, images=len(dataset),
                          first_epoch_images_per_s=max(r[0] for r in runs),
-                         images_per_s=max(max(r[1:]) for r in runs)))  # fmt: skip
+                         images_per_s=max(max(r[1:]) for r in runs),
+                         turn_images_per_s=[max(r[1:]) for r in runs]))  # fmt: skip
     return rows
 
 
@@ -81,14 +85,21 @@ def run_benchmark(
 
 
 def check_targets(rows: list[dict]) -> list[dict]:
-    rate = {r["num_workers"]: r["images_per_s"] for r in rows}
-    if 0 not in rate or 2 not in rate:
+    """The 2-worker speed-up: the median over turns of the turn's 2-worker / 0-worker steady
+    rate (a pair measured back to back shares the machine's mood), else of the best rates."""
+    row = {r["num_workers"]: r for r in rows}
+    if 0 not in row or 2 not in row:
         return []
-    speedup = rate[2] / rate[0]
+    turns = (row[2].get("turn_images_per_s", []), row[0].get("turn_images_per_s", []))
+    ratios = [two / zero for two, zero in zip(*turns, strict=True)]
+    best = row[2]["images_per_s"] / row[0]["images_per_s"]
+    speedup = statistics.median(ratios) if ratios else best
+    spread = f", turns {min(ratios):.2f}x-{max(ratios):.2f}x" if len(ratios) > 1 else ""
     return [
         dict(
             target=f"2 workers >= {TARGET}x the 0-worker images/s (steady epochs)",
-            measured=f"{speedup:.2f}x ({rate[2]:.0f} vs {rate[0]:.0f} images/s)",
+            measured=f"{speedup:.2f}x (best {row[2]['images_per_s']:.0f} vs "
+            f"{row[0]['images_per_s']:.0f} images/s{spread})",
             holds=speedup >= TARGET,
         )
     ]
@@ -98,7 +109,7 @@ def main(args) -> dict:
     num_images = int(args.sizes.split("x")[-1]) if args.sizes else NUM_IMAGES
     print(f"# data benchmark: an image folder of {num_images} JPEG photos read at "
           f"{IMAGE_SIZE}x{IMAGE_SIZE}, batch {BATCH}, on {args.device}, {EPOCHS} epochs per "
-          f"loader, best of {args.repeats}")  # fmt: skip
+          f"loader, best of {args.repeats} turns over the worker counts")  # fmt: skip
     rows = run_benchmark(num_images, repeats=args.repeats, device=args.device)
     checks = check_targets(rows)
     columns = ["num_workers", "images", "first_epoch_images_per_s", "images_per_s"]

@@ -54,12 +54,13 @@ class LazyImageDataset(Dataset):
     """Images made when indexed (decoded, cropped, flipped), for torch's DataLoader.
 
     A subclass sets ``labels (M,)``, ``num_classes``, ``classes`` and ``image_shape`` and defines
-    ``raw(i, rng)``: image ``i`` as uint8 ``(C, H, W)``, its random transforms drawn from ``rng``
-    (None: none). DataLoader workers call ``raw_item``, so a batch crosses processes as uint8, and
-    the loader calls ``to_float`` once the batch is on its device. A key is an index or
-    ``(index, seed)``: the seed (the loader draws one per epoch) and the index alone decide the
-    random transforms, so they do not depend on which worker reads the image. ``dataset[key]`` does
-    both steps for one image.
+    ``raw(i, rng)``: image ``i`` as uint8 ``(C, H, W)`` (one shape for every image), its random
+    transforms drawn from ``rng`` (None: none). DataLoader workers call ``raw_item`` and write
+    the batch into the loader's shared uint8 slots, and the loader calls ``to_float`` once the
+    batch is on its device; ``to_float`` returns a new tensor, as the slot is written again. A
+    key is an index or ``(index, seed)``: the seed (the loader draws one per epoch) and the index
+    alone decide the random transforms, so they do not depend on which worker reads the image.
+    ``dataset[key]`` does both steps for one image.
     """
 
     labels: torch.Tensor
@@ -69,7 +70,7 @@ class LazyImageDataset(Dataset):
 
     def to_unit(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, C, H, W)`` -> float ``(B, C, H', W')`` in [0, 1] (what priors read)."""
-        return images.float().div_(255.0)
+        return images / 255.0  # converts as it divides (one pass), the same bits as .float()
 
     def to_float(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``(B, C, H, W)`` -> float ``(B, C, H', W')`` as the model reads it."""
