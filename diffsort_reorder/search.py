@@ -132,7 +132,11 @@ def search(
                     study.enqueue_trial(first_point())
                 trial = take_trial(study, n_trials, sampler)
                 if trial is not None:
-                    beating.enter_context(heartbeat(study._storage, trial._trial_id))
+                    try:  # a RUNNING trial without a heartbeat would never go stale
+                        beating.enter_context(heartbeat(study._storage, trial._trial_id))
+                    except BaseException:
+                        study.tell(trial, state=TrialState.FAIL)  # interrupted: run again
+                        raise
             if trial is not None:
                 started = time.perf_counter()
                 tick(run_trial(study, trial, objective), time.perf_counter() - started)
@@ -140,8 +144,9 @@ def search(
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if not running or waited >= wait_for_workers:
             return study
-        if not waited:
-            tqdm.write(f"{study.study_name}: waiting for {len(running)} running trial(s) of "
-                       f"other workers", file=sys.stderr)  # fmt: skip
+        if waited % 60 < POLL_SECONDS:  # say so at once, then every minute
+            numbers = ", ".join(str(t.number) for t in running)
+            tqdm.write(f"{study.study_name}: waiting for running trial(s) {numbers} of other "
+                       f"workers ({waited:.0f} s)", file=sys.stderr)  # fmt: skip
         time.sleep(POLL_SECONDS)
         waited += POLL_SECONDS

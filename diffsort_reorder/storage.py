@@ -169,8 +169,12 @@ def _advisory_lock(engine: sqlalchemy.Engine, name: str, wait: bool = True) -> I
     releases it when this process ends, however it ends. Yields whether it is held (always, when
     ``wait``)."""
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        # A server's timeouts must not end the wait for a lock, or a lock held for hours.
-        for setting in ("statement_timeout", "idle_session_timeout"):
+        # A server's timeouts must not end the wait for a lock, or a lock held for hours
+        # (idle_session_timeout exists from PostgreSQL 14 on).
+        settings = ["statement_timeout"]
+        if (conn.dialect.server_version_info or (0,)) >= (14,):
+            settings.append("idle_session_timeout")
+        for setting in settings:
             conn.execute(sqlalchemy.text("SELECT set_config(:name, '0', false)"), {"name": setting})
         call = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
         held = conn.execute(sqlalchemy.text(f"SELECT {call}(:key)"), {"key": _lock_key(name)})

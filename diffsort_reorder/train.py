@@ -100,10 +100,11 @@ class Run:
         return self.loaders[split]
 
     def close(self) -> None:
-        """Stop the loaders' worker processes."""
-        for loader in self.loaders.values():
-            loader.close()
-        self.loaders.clear()
+        """Stop the loaders' worker processes (every loader's, even if one fails to stop)."""
+        loaders, self.loaders = list(self.loaders.values()), {}
+        with contextlib.ExitStack() as stopping:
+            for loader in loaders:
+                stopping.callback(loader.close)
 
     def autocast(self):
         """bf16 autocast where ``trainer.amp`` asks for it (auto: CUDA only). Estimators compute
