@@ -28,8 +28,6 @@ import torch.distributed as dist
 
 from estimators import PermutationOutput
 
-ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-
 
 def _env_int(environ: Mapping[str, str], name: str, default: int) -> int:
     value = environ.get(name)

@@ -377,8 +377,8 @@ def write_report(
         for r in rows for where, why in r["_failures"]
     ]  # fmt: skip
     code = {run["code_version"] for r in ok for run in r["_runs"] if run.get("code_version")}
-    trained = sum(r["train_seconds"] for r in (r for rs in results.values() for r in rs)
-                  if "failed" not in r)  # fmt: skip
+    runs = [r for rs in results.values() for r in rs if "failed" not in r]
+    trained = sum(r["train_seconds"] for r in runs)
     trained += sum(t.user_attrs.get("train_seconds", 0.0) for study in searches.values()
                    for t in study.get_trials(deepcopy=False))  # fmt: skip
     per_image = sorted({r["method"] for r in rows if is_per_image(r["method"])})

@@ -293,14 +293,20 @@ class RunRecords:
             self.study = optuna.create_study(
                 study_name=f"{study_name}/runs", storage=storage, load_if_exists=True
             )
+        self.known: dict[str, dict] = {}
 
     def get(self, key: str, digest: str) -> dict | None:
         """The result of run ``key`` (``backbone/method/run``) with config ``digest``, if one
-        finished."""
-        record = self.study.user_attrs.get(key)
+        finished. Records already read are kept: the storage is read again (every worker's
+        records at once) only for one not known yet."""
+        record = self.known.get(key)
+        if record is None or record["digest"] != digest:
+            self.known = self.study.user_attrs
+            record = self.known.get(key)
         if record is None or record["digest"] != digest:
             return None
         return record["result"]
 
     def put(self, key: str, digest: str, result: dict) -> None:
         self.study.set_user_attr(key, {"digest": digest, "result": result})
+        self.known[key] = {"digest": digest, "result": result}

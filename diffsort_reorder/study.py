@@ -104,6 +104,7 @@ class Study:
         self.storage = open_storage(self.url, (s.heartbeat_interval, s.grace_period))
         self.locks = open_locks(self.url, s.name, self.output_dir)
         self.records = RunRecords(self.storage, s.name)
+        self.composed: dict[str, tuple] = {}  # seed runs' configs (seed_config)
         self.runs_done = 0
         self.bar = None
 
@@ -257,10 +258,7 @@ class Study:
         trained it, else trained here. With an ``order`` (the retrain protocol) the run trains a
         fresh model on that fixed order. None when another worker is training it and ``wait``
         is False. A run that failed (:data:`TRIAL_ERRORS`) is recorded as failed, and final."""
-        name = f"seed-{job.seed}" if job.order is None else f"retrain-seed-{job.seed}"
-        extra = [] if job.order is None else [f"order=[{','.join(map(str, job.order))}]"]
-        cfg = self.run_config(job.method, job.backbone, job.seed, name, job.params, extra)
-        key, digest = f"{job.backbone}/{job.method}/{name}", config_digest(_root_=cfg)
+        cfg, name, key, digest = self.seed_config(job)
         result = self.records.get(key, digest)
         if result is not None:
             return result
@@ -276,6 +274,17 @@ class Study:
             self.tick(f"{job.backbone}/{job.method} {name}: {summary} "
                       f"({result['wall_seconds']:.1f} s)")  # fmt: skip
         return result
+
+    def seed_config(self, job: SeedJob) -> tuple[DictConfig, str, str, str]:
+        """``job``'s run config, run name, record key and config digest, composed once per
+        invocation (the report's pass asks again for every run)."""
+        name = f"seed-{job.seed}" if job.order is None else f"retrain-seed-{job.seed}"
+        key = f"{job.backbone}/{job.method}/{name}"
+        if key not in self.composed:  # one best config per method and backbone per invocation
+            extra = [] if job.order is None else [f"order=[{','.join(map(str, job.order))}]"]
+            cfg = self.run_config(job.method, job.backbone, job.seed, name, job.params, extra)
+            self.composed[key] = (cfg, name, key, config_digest(_root_=cfg))
+        return self.composed[key]
 
     def train_here(self, cfg: DictConfig) -> tuple[dict, bool]:
         """Train the seed run ``cfg`` in this worker's output folder (resuming its checkpoint),

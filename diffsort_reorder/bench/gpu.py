@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli import bad_input
 from ..config import compose_config
 from ..data import create_dataset
 from ..runtime import seed_everything
@@ -43,17 +44,11 @@ DDP_TIMEOUT_S = 120
 COMPILE_BUDGET_S = 240  # no compile case starts after this many seconds
 
 
-def fail(message: str):
-    """A one-line error on stderr and exit status 2, as the other commands refuse input."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def require_cuda(device: str) -> torch.device:
-    """The CUDA device, or a one-line error."""
+    """The CUDA device, or a ValueError that says there is none."""
     if torch.device(device).type != "cuda" or not torch.cuda.is_available():
-        fail(f"diffsort-bench gpu needs a CUDA GPU but got --device {device} "
-             f"(torch.cuda.is_available() is {torch.cuda.is_available()})")  # fmt: skip
+        raise ValueError(f"diffsort-bench gpu needs a CUDA GPU but got --device {device} "
+                         f"(torch.cuda.is_available() is {torch.cuda.is_available()})")  # fmt: skip
     return torch.device(device)
 
 
@@ -145,10 +140,12 @@ def show(title: str, rows: list[dict], columns: list[str]) -> None:
 
 
 def main(args) -> dict:
-    device = require_cuda(args.device)
-    batch, n = parse_sizes(args.sizes)[0]
-    if n != SIZES[0][1]:
-        fail(f"--sizes should be Bx{SIZES[0][1]} (224x224 in 16x16 patches) but got {args.sizes}")
+    with bad_input():  # one line and exit status 2, as every command refuses input
+        device = require_cuda(args.device)
+        batch, n = parse_sizes(args.sizes)[0]
+        if n != SIZES[0][1]:
+            raise ValueError(f"--sizes should be Bx{SIZES[0][1]} (224x224 in 16x16 patches) but "
+                             f"got {args.sizes}")  # fmt: skip
     started = time.perf_counter()
     name = torch.cuda.get_device_name(device)
     print(f"# gpu benchmark on {name}: base-size backbones, {IMAGE_SIZE}x{IMAGE_SIZE} images, "
@@ -163,7 +160,8 @@ def main(args) -> dict:
         train_set, _ = create_dataset("imagefolder", root=str(data_set))
         workers = [w for w in DATA_WORKERS if w <= (os.cpu_count() or 1)]
         data = worker_rows(train_set, workers, device)
-        show("data: image folder to the GPU", data, list(data[0]))
+        show("data: image folder to the GPU", data,
+             ["num_workers", "images", "first_epoch_images_per_s", "images_per_s"])  # fmt: skip
         ddp = [ddp_row(photos, Path(tmp) / "ddp")]
         show("ddp: 2 processes", ddp, list(ddp[0]))
         compiled = []
