@@ -115,17 +115,23 @@ def test_train_step_benchmark_times_the_real_step():
 
 def test_data_benchmark_reads_a_photo_folder(tmp_path):
     from diffsort_reorder.bench.data import check_targets as data_targets
+    from diffsort_reorder.bench.data import machine_line, write_photo_folder
     from diffsort_reorder.bench.data import run_benchmark as data_benchmark
-    from diffsort_reorder.bench.data import write_photo_folder
     from diffsort_reorder.data import create_dataset
 
     root = write_photo_folder(tmp_path, num_images=6)
     train_set, val_set = create_dataset("imagefolder", root=str(root), image_size=32)
     assert len(train_set) == 6 and len(val_set) == 2 and train_set.num_classes == 2
     assert not torch.equal(train_set[0][0], train_set[2][0])  # shifted copies, not duplicates
-    rows = data_benchmark(num_images=6, workers=(0, 2))
-    assert [r["num_workers"] for r in rows] == [0, 2] and all(r["images_per_s"] > 0 for r in rows)
-    assert all(r["first_epoch_images_per_s"] > 0 for r in rows)
+    rows = data_benchmark(num_images=6, workers=(0, 2), repeats=2)
+    plain = ["plain, 1 process", "plain, 2 processes"]  # the same images, no DataLoader
+    assert [r["num_workers"] for r in rows] == [0, 2, *plain]
+    assert all(len(r["turn_images_per_s"]) == 2 and r["images_per_s"] > 0 for r in rows)
+    assert [r["first_epoch_images_per_s"] > 0 for r in rows[:2]] == [True, True]
+    assert [r["first_epoch_images_per_s"] for r in rows[2:]] == [None, None]
+    line = machine_line(rows)
+    assert line.startswith("This machine: 2 plain decoder processes ran ") and "%" in line
+    assert machine_line(rows[:2]) is None
     slow = [dict(num_workers=0, images_per_s=100.0), dict(num_workers=2, images_per_s=150.0)]
     assert [c["holds"] for c in data_targets(slow)] == [False]
     slow[1]["images_per_s"] = 190.0

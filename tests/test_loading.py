@@ -3,6 +3,7 @@ workers; one loader's workers serve every epoch of a run and end with it."""
 
 import multiprocessing
 import os
+import time
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from diffsort_reorder.config_checks import check_config
 from diffsort_reorder.data import BatchLoader, LazyImageDataset, batches, create_dataset
 from diffsort_reorder.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 from diffsort_reorder.data.loading import batch_order
+from diffsort_reorder.data.slots import SharedEpoch
 from diffsort_reorder.priors import prior_images
 from diffsort_reorder.train import train
 
@@ -173,6 +175,82 @@ def test_workers_persist_across_epochs_and_stop_on_close():
     assert not first & {p.pid for p in multiprocessing.active_children()}
     assert pids(loader.epoch(None)) - first  # a later epoch starts new workers
     loader.close()
+
+
+class WaitsForHelp(WorkerPids):
+    """Image 0, made in a worker, waits (at most WAIT_S) until image 1 has been made."""
+
+    WAIT_S = 60
+
+    def __init__(self, n):
+        super().__init__(n)
+        self.helper = torch.zeros(1, dtype=torch.int64).share_memory_()  # pid that made image 1
+        self.main = os.getpid()  # the loader reads image 0 here for its shape: no wait
+
+    def raw(self, i, rng):
+        if i == 1:
+            self.helper[0] = os.getpid()
+        deadline = time.monotonic() + self.WAIT_S * (os.getpid() != self.main)
+        while i == 0 and not self.helper[0] and time.monotonic() < deadline:
+            time.sleep(1e-3)
+        return super().raw(i, rng)
+
+
+def test_workers_decode_the_oldest_batch_together():
+    """A DataLoader alone gives each batch to one worker: image 1 would wait for image 0, which
+    waits for it (a minute, then the test fails). Here the idle worker takes image 1."""
+    dataset = WaitsForHelp(8)
+    with BatchLoader(dataset, 4, num_workers=2) as loader:
+        first, second = list(loader.epoch(None))  # unshuffled: images 0-3, then 4-7
+    makers = [int.from_bytes(bytes(x.tolist()), "little") for x in torch.cat([first[0], second[0]])]
+    assert makers[1] == int(dataset.helper[0]) != makers[0]  # image 1 by the other worker
+    assert os.getpid() not in makers
+
+
+class FailsOnce(LazyImageDataset):
+    """Image ``i`` holds ``i``; image ``broken`` raises the first ``times`` times it is made."""
+
+    def __init__(self, n, broken, times):
+        self.labels = torch.arange(n)
+        self.broken, self.times = broken, times
+        self.attempts = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def raw(self, i, rng):
+        if i == self.broken:
+            self.attempts[0] += 1
+            if self.attempts[0] <= self.times:
+                raise OSError(f"image {i} is truncated")
+        return torch.tensor([i], dtype=torch.uint8)
+
+    def to_float(self, images):
+        return images.float()
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_an_image_that_fails_is_made_again_by_its_batch(num_workers):
+    """Whichever process first failed on image 5, the worker that answers its batch makes it
+    again: a passing failure costs nothing, a lasting one is raised for that batch, in order."""
+    once = FailsOnce(12, broken=5, times=1)
+    with BatchLoader(once, 4, num_workers) as loader:
+        images = torch.cat([x for x, _ in loader.epoch(None)])
+    assert images.flatten().tolist() == list(range(12)) and int(once.attempts[0]) == 2
+    always = FailsOnce(12, broken=5, times=99)
+    got = []
+    with BatchLoader(always, 4, num_workers) as loader:
+        with pytest.raises(OSError, match="image 5 is truncated"):
+            for x, _ in loader.epoch(None):
+                got.append(x.flatten().tolist())
+    assert got == [[0, 1, 2, 3]]  # the batch before came through
+
+
+def test_a_worker_stops_waiting_when_the_main_process_ends():
+    gone = multiprocessing.get_context("fork").Process(target=int)
+    gone.start()
+    gone.join()
+    items = SharedEpoch(WorkerPids(4), torch.zeros(1, 4, 4, dtype=torch.uint8), 1, 1, None)
+    items.main_pid = gone.pid
+    with pytest.raises(SystemExit, match=f"the main process {gone.pid} ended"):
+        items._check_main_alive()
 
 
 def test_in_memory_datasets_are_sliced_in_the_same_order():

@@ -109,7 +109,7 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
         if v is None:
             return "-"
         if isinstance(v, float):
-            return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.0f}"
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"  # 1079, not 1.08e+03
         return str(v)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

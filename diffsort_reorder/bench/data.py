@@ -11,6 +11,7 @@ training), the others are the steady rate. Target on this 2-core CPU: 2 workers 
 
 from __future__ import annotations
 
+import multiprocessing
 import statistics
 import tempfile
 import time
@@ -60,16 +61,65 @@ def epoch_rates(dataset, num_workers: int, device="cpu", epochs: int = EPOCHS) -
     return rates
 
 
+_dataset = None  # what a plain decoder process reads
+
+
+def _decode(keys: list) -> None:
+    for key in keys:
+        _dataset.raw_item(key)
+
+
+def _keep(dataset) -> None:
+    global _dataset
+    _dataset = dataset
+
+
+class PlainDecoders:
+    """The machine's own rate: ``dataset``'s images decoded and transformed by ``count``
+    processes started once (None: this process), each its share, no DataLoader."""
+
+    def __init__(self, dataset, count: int | None) -> None:
+        self.keys = [(i, 0) for i in range(len(dataset))]  # seeded as training: flips drawn
+        self.count, self.pool = count, None
+        _keep(dataset)
+        if count:
+            context = multiprocessing.get_context("fork")  # the dataset as it is, not pickled
+            self.pool = context.Pool(count, initializer=_keep, initargs=(dataset,))
+            self.pool.map(_decode, [[]] * count)  # every process up before the first timing
+
+    def rate(self) -> float:
+        start = time.perf_counter()
+        if self.pool is None:
+            _decode(self.keys)
+        else:
+            self.pool.map(_decode, [self.keys[k :: self.count] for k in range(self.count)], 1)
+        return len(self.keys) / (time.perf_counter() - start)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+
+
 def worker_rows(dataset, workers=WORKERS, device="cpu", repeats: int = 1) -> list[dict]:
     """Per worker count: the first epoch's images/s and the best steady epoch's, best of
-    ``repeats`` loaders. The repeats take turns over the worker counts (0, 1, 2, 0, 1, 2, ...),
-    so a slow spell of a shared machine does not fall on one row alone."""
-    turns = [[epoch_rates(dataset, w, device) for w in workers] for _ in range(repeats)]
+    ``repeats`` loaders; then the plain decoders' rows (one process, two). The repeats take
+    turns over them all (0, 1, 2, plain, 0, 1, 2, plain, ...), so a slow spell of a shared
+    machine does not fall on one row alone."""
+    plain = [PlainDecoders(dataset, count) for count in (None, 2)]
+    try:
+        turns = []
+        for _ in range(repeats):
+            turns.append([epoch_rates(dataset, w, device) for w in workers])
+            turns[-1] += [[0.0, decoders.rate()] for decoders in plain]
+    finally:
+        for decoders in plain:
+            decoders.close()
+    workers = [*workers, "plain, 1 process", "plain, 2 processes"]
     rows = []
     for k, w in enumerate(workers):
         runs = [turn[k] for turn in turns]
-        rows.append(dict(num_workers=w, images=len(dataset),
-                         first_epoch_images_per_s=max(r[0] for r in runs),
+        first = max(r[0] for r in runs) or None  # plain rows: no first epoch
+        rows.append(dict(num_workers=w, images=len(dataset), first_epoch_images_per_s=first,
                          images_per_s=max(max(r[1:]) for r in runs),
                          turn_images_per_s=[max(r[1:]) for r in runs]))  # fmt: skip
     return rows
@@ -105,6 +155,28 @@ def check_targets(rows: list[dict]) -> list[dict]:
     ]
 
 
+def turn_ratio(rows: list[dict], top, bottom) -> tuple[float, float, float] | None:
+    """The median, least and most over turns of row ``top``'s steady rate / row ``bottom``'s."""
+    row = {r["num_workers"]: r for r in rows}
+    if top not in row or bottom not in row:
+        return None
+    turns = zip(row[top]["turn_images_per_s"], row[bottom]["turn_images_per_s"], strict=True)
+    ratios = [a / b for a, b in turns]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def machine_line(rows: list[dict]) -> str | None:
+    scaling = turn_ratio(rows, "plain, 2 processes", "plain, 1 process")
+    share = turn_ratio(rows, 2, "plain, 2 processes")
+    if scaling is None or share is None:
+        return None
+    return (
+        f"This machine: 2 plain decoder processes ran {scaling[0]:.2f}x one (median over "
+        f"turns, {scaling[1]:.2f}x-{scaling[2]:.2f}x); the loader's 2 workers ran "
+        f"{share[0]:.0%} as fast as the 2 plain processes ({share[1]:.0%}-{share[2]:.0%})."
+    )
+
+
 def main(args) -> dict:
     num_images = int(args.sizes.split("x")[-1]) if args.sizes else NUM_IMAGES
     print(f"# data benchmark: an image folder of {num_images} JPEG photos read at "
@@ -114,4 +186,7 @@ def main(args) -> dict:
     checks = check_targets(rows)
     columns = ["num_workers", "images", "first_epoch_images_per_s", "images_per_s"]
     print_results(rows, columns, checks)
-    return {"rows": rows, "checks": checks}
+    machine = machine_line(rows)
+    if machine:
+        print(machine)
+    return {"rows": rows, "checks": checks, "machine": machine}

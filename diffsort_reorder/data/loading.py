@@ -2,9 +2,9 @@
 
 The batch order is drawn up front from the loop's generator (one permutation per epoch) and handed
 to the DataLoader as it is (a batch sampler), so the batches are the same for any ``num_workers``:
-workers only decide who reads which batch, and a DataLoader returns them in order. Random
-transforms (a training flip) draw from a seed the loader takes from the same generator, mixed with
-the image's index, never from a worker's own random state.
+workers only decide who decodes which image (:mod:`.slots`), and a DataLoader returns the batches
+in order. Random transforms (a training flip) draw from a seed the loader takes from the same
+generator, mixed with the image's index, never from a worker's own random state.
 
 A :class:`BatchLoader` keeps one DataLoader, and so its worker processes, for a whole run: each
 epoch sets the sampler's batches and iterates the same loader again.
@@ -13,10 +13,13 @@ epoch sets the sampler's batches and iterates the same loader again.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
+
+from .slots import EpochBatches, SharedEpoch
 
 PREFETCH_BATCHES = 2  # batches in flight per worker (DataLoader's prefetch_factor)
 Batch = tuple[torch.Tensor, torch.Tensor]  # images (B, C, H, W), labels (B,)
@@ -49,54 +52,16 @@ def batch_order(
     return [idx[rank * part : (rank + 1) * part] for part, idx in parts if part]
 
 
-def item_keys(order: list[torch.Tensor], generator: torch.Generator | None) -> list[list]:
-    """The DataLoader's batches of keys: plain indices in order (no random transforms) or, when
-    shuffled, ``(index, seed)`` with one seed drawn from ``generator`` after the order."""
+def epoch_seed(generator: torch.Generator | None) -> int | None:
+    """The seed of the epoch's random transforms, drawn from ``generator`` after the order (None
+    when unshuffled: no random transforms)."""
     if generator is None:
-        return [idx.tolist() for idx in order]
-    seed = int(torch.randint(2**62, (), generator=generator))
-    return [[(i, seed) for i in idx.tolist()] for idx in order]
-
-
-class EpochBatches(Sampler):
-    """A batch sampler whose batches are set before each epoch; a persistent DataLoader reads
-    it afresh each time it is iterated."""
-
-    def __init__(self) -> None:
-        self.batches: list[list] = []
-
-    def __iter__(self) -> Iterator[list]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-class _IntoSlots(Dataset):
-    """What workers read: a batch of a lazy dataset's uint8 images, decoded straight into one of
-    the loader's shared ``slots (K, B, C, H, W)``; only the slot's number and the labels cross
-    between processes. A fresh shared-memory tensor per batch (DataLoader's way) costs the
-    workers a new segment and its page faults every batch: on 2 cores that held 2 workers to
-    1.63-1.70x one process's rate, against 1.79-1.87x with reused slots."""
-
-    def __init__(self, dataset, slots: torch.Tensor) -> None:
-        self.dataset, self.slots = dataset, slots
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitems__(self, batch: tuple[int, list]) -> tuple[int, torch.Tensor]:
-        slot, keys = batch
-        labels = []
-        for j, key in enumerate(keys):
-            image, label = self.dataset.raw_item(key)  # (C, H, W) uint8
-            self.slots[slot, j].copy_(image)
-            labels.append(label)
-        return slot, torch.tensor(labels)
+        return None
+    return int(torch.randint(2**62, (), generator=generator))
 
 
 def _as_is(batch):
-    return batch  # _IntoSlots made the batch already
+    return batch  # the workers put the batch in its slot: the DataLoader returns its number
 
 
 @contextlib.contextmanager
@@ -162,7 +127,7 @@ class BatchLoader:
         self.num_workers = check_workers(num_workers)
         self.pin_memory = pin_memory
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self._sampler = EpochBatches()
+        self._sampler: EpochBatches | None = None
         self._loader: DataLoader | None = None
         self._slots: torch.Tensor | None = None
 
@@ -177,11 +142,21 @@ class BatchLoader:
             self._slots = torch.empty(shape, dtype=torch.uint8).share_memory_()
             if self.pin_memory:
                 _pin(self._slots)
+            context = multiprocessing.get_context()  # what a DataLoader uses by default
+            items = SharedEpoch(
+                self.dataset,
+                self._slots,
+                max_batches=-(-len(self.dataset) // self.batch_size),
+                workers=workers,
+                lock=context.Lock(),
+            )
+            self._sampler = EpochBatches(items)
             self._loader = DataLoader(
-                _IntoSlots(self.dataset, self._slots),
+                items,
                 batch_sampler=self._sampler,
                 collate_fn=_as_is,
                 num_workers=workers,
+                multiprocessing_context=context if workers else None,
                 persistent_workers=workers > 0,
                 prefetch_factor=PREFETCH_BATCHES if workers else None,
                 # Its own generator: a DataLoader draws a seed for its workers each time it makes
@@ -200,14 +175,14 @@ class BatchLoader:
             return
         loader = self._dataloader()
         count = len(self._slots)
-        keys = item_keys(order, generator)
-        self._sampler.batches = [(b % count, batch) for b, batch in enumerate(keys)]
+        self._sampler.order, self._sampler.seed = order, epoch_seed(generator)
         busy_cores = self.num_workers > 0 and self.device.type == "cpu"
-        for slot, labels in loader:  # iterated after the batches are set: it reads them now
-            images = self._slots[slot, : len(labels)].to(self.device)  # (B, C, H, W) uint8
+        for b in loader:  # iterated after the epoch is set: it reads it now
+            idx = order[b]
+            images = self._slots[b % count, : len(idx)].to(self.device)  # (B, C, H, W) uint8
             with _one_thread(busy_cores):
                 images = self.dataset.to_float(images)  # a new tensor: the slot is free again
-            yield images, labels.to(self.device)
+            yield images, self.dataset.labels[idx].to(self.device)
 
     def close(self) -> None:
         """Stop the worker processes (a later epoch starts new ones)."""
