@@ -3,8 +3,9 @@
 A worker takes its next trial under the search's lock (see storage.py): it pops a waiting trial
 (the defaults, or the retry of an interrupted one) or, while fewer than ``n_trials`` count, starts
 a new one, so every learned method gets exactly ``n_trials`` trials however many workers share
-it. The trial's heartbeat starts before the lock is let go: a worker killed at any point leaves a
-trial that goes stale, is failed and is run again by another worker.
+it. The trial's heartbeat starts, and the trial is marked as beating, before the lock is let go:
+a worker killed at any point leaves a trial that goes stale, or (killed before its first beat) an
+unmarked one the next worker to hold the lock knows has no worker; either is failed and run again.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .storage import heartbeat, is_heartbeat_enabled, quiet_experimental
 # Failures that end one trial (FAIL, with the reason) and let the study go on.
 TRIAL_ERRORS = (FloatingPointError, torch.OutOfMemoryError)
 POLL_SECONDS = 5.0  # how often a worker waiting for others' trials looks again
+BEATING = "beating"  # a trial's system attribute: its heartbeat has started
 
 
 def is_interrupted(trial: FrozenTrial) -> bool:
@@ -73,9 +75,19 @@ def fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
+def fail_unmarked_trials(study: optuna.Study) -> None:
+    """Fail the RUNNING trials not marked as beating; call it under the search's lock. Every
+    trial is taken and marked under that lock, so an unmarked one's worker died in between, and
+    Optuna never fails a RUNNING trial that has no heartbeat at all."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if BEATING not in trial.system_attrs:
+            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+
+
 def take_trial(study: optuna.Study, n_trials: int, sampler: Callable) -> optuna.Trial | None:
     """The trial this worker runs next, or None when the budget is spent; call it under the
     search's lock. ``sampler(n)`` is the sampler to use with ``n`` trials in the storage."""
+    fail_unmarked_trials(study)
     requeue_interrupted(study)
     trials = study.get_trials(deepcopy=False)
     waiting = any(t.state == TrialState.WAITING for t in trials)
@@ -132,8 +144,9 @@ def search(
                     study.enqueue_trial(first_point())
                 trial = take_trial(study, n_trials, sampler)
                 if trial is not None:
-                    try:  # a RUNNING trial without a heartbeat would never go stale
+                    try:
                         beating.enter_context(heartbeat(study._storage, trial._trial_id))
+                        study._storage.set_trial_system_attr(trial._trial_id, BEATING, True)
                     except BaseException:
                         study.tell(trial, state=TrialState.FAIL)  # interrupted: run again
                         raise

@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -453,9 +454,38 @@ def test_a_killed_workers_trial_is_failed_by_its_heartbeat_and_retried(tmp_path,
     killed.suggest_float("estimator.lr", 0.02, 0.5, log=True)
     study = Study(cfg)
     study.storage.record_heartbeat(killed._trial_id)
+    study.storage.set_trial_system_attr(killed._trial_id, search_module.BEATING, True)
+    started = time.monotonic()
     Study(cfg).run()
+    assert time.monotonic() - started > 2  # it waited out the grace period
     found = trials(tmp_path, "smoke/txl/softsort")
     assert found[0].state == TrialState.FAIL and "fail_reason" not in found[0].user_attrs
     assert found[1].user_attrs["retry_of"] == 0 and found[1].state == TrialState.COMPLETE
     assert found[1].params["estimator.lr"] == found[0].params["estimator.lr"]
     assert read_results(tmp_path)["softsort"]["trials_failed"] == "0"
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(tmp_path, monkeypatch):
+    """Killed between taking its trial and the first beat, a worker leaves a RUNNING trial that
+    Optuna would never fail (it has no heartbeat); the next worker fails it under the lock."""
+
+    class NoWait:  # the study's clock, refusing to wait for others' trials
+        perf_counter = staticmethod(time.perf_counter)
+
+        @staticmethod
+        def sleep(seconds):
+            raise AssertionError(f"the worker waited {seconds} s for a trial with no worker")
+
+    monkeypatch.setattr(search_module, "time", NoWait)
+    cfg = study_config(tmp_path, "study.methods=[softsort]", "study.n_trials=1",
+                       "study.start_from_defaults=false", "study.heartbeat_interval=60",
+                       "study.grace_period=120")  # fmt: skip
+    with pytest.warns(UserWarning, match="Heartbeat"):
+        killed = Study(cfg).optuna_study("softsort", "txl").ask()  # RUNNING, never beat
+    killed.suggest_float("estimator.lr", 0.02, 0.5, log=True)
+    Study(cfg).run()
+    found = trials(tmp_path, "smoke/txl/softsort")
+    assert found[0].state == TrialState.FAIL and "fail_reason" not in found[0].user_attrs
+    assert found[1].user_attrs["retry_of"] == 0 and found[1].state == TrialState.COMPLETE
+    assert found[1].params["estimator.lr"] == found[0].params["estimator.lr"]
+    assert found[1].system_attrs[search_module.BEATING] is True
