@@ -14,7 +14,7 @@ from sklearn.datasets import load_sample_images
 
 from diffsort_reorder.config import compose_config
 from diffsort_reorder.config_checks import check_config
-from diffsort_reorder.data import BatchLoader, LazyImageDataset, batches, create_dataset
+from diffsort_reorder.data import BatchLoader, LazyImageDataset, batches, create_dataset, slots
 from diffsort_reorder.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 from diffsort_reorder.data.loading import batch_order
 from diffsort_reorder.data.slots import SharedEpoch
@@ -243,14 +243,48 @@ def test_an_image_that_fails_is_made_again_by_its_batch(num_workers):
     assert got == [[0, 1, 2, 3]]  # the batch before came through
 
 
-def test_a_worker_stops_waiting_when_the_main_process_ends():
+def test_a_worker_stops_waiting_when_the_main_process_ends(monkeypatch):
+    """Waiting for other workers' images, or for a lock the main process died holding."""
+    monkeypatch.setattr(slots, "ALIVE_S", 0.01)
     gone = multiprocessing.get_context("fork").Process(target=int)
     gone.start()
     gone.join()
-    items = SharedEpoch(WorkerPids(4), torch.zeros(1, 4, 4, dtype=torch.uint8), 1, 1, None)
+    held = multiprocessing.Lock()
+    held.acquire()
+    items = SharedEpoch(WorkerPids(4), torch.zeros(1, 4, 4, dtype=torch.uint8), 1, 1, held)
     items.main_pid = gone.pid
     with pytest.raises(SystemExit, match=f"the main process {gone.pid} ended"):
         items._check_main_alive()
+    with pytest.raises(SystemExit, match=f"the main process {gone.pid} ended"):
+        with items._locked():
+            pass
+
+
+class OddShape(FailsOnce):
+    def raw(self, i, rng):
+        return torch.zeros(2 if i == 6 else 1, dtype=torch.uint8 if i != 9 else torch.int64)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_an_image_of_another_shape_is_refused_for_its_batch(num_workers):
+    got = []
+    with BatchLoader(OddShape(12, broken=None, times=0), 4, num_workers) as loader:
+        with pytest.raises(ValueError, match=r"uint8 \(1,\) \(as image 0\) but image 6 is "
+                                             r"torch.uint8 \(2,\)"):  # fmt: skip
+            got.extend(len(x) for x, _ in loader.epoch(None))
+    assert got == [4]
+
+
+def test_one_loader_reads_one_epoch_at_a_time():
+    """A loader's workers share one epoch's state: an older epoch's iterator stops, loudly."""
+    with BatchLoader(FailsOnce(12, broken=None, times=0), 4, num_workers=2) as loader:
+        older = loader.epoch(None)
+        first = next(older)[0]
+        newer = torch.cat([x for x, _ in loader.epoch(torch.Generator().manual_seed(1))])
+        with pytest.raises(RuntimeError, match="a newer epoch of this BatchLoader has begun"):
+            next(older)
+    assert first.flatten().tolist() == [0, 1, 2, 3]  # unshuffled
+    assert sorted(newer.flatten().tolist()) == list(range(12))  # the newer epoch, whole
 
 
 def test_in_memory_datasets_are_sliced_in_the_same_order():

@@ -130,6 +130,8 @@ class BatchLoader:
         self._sampler: EpochBatches | None = None
         self._loader: DataLoader | None = None
         self._slots: torch.Tensor | None = None
+        self._pinned = False
+        self._epochs = 0  # epochs begun: an older epoch's iterator stops reading
 
     def _dataloader(self) -> DataLoader:
         if self._loader is None:
@@ -140,8 +142,6 @@ class BatchLoader:
             item = self.dataset.raw_item(0)[0]  # (C, H, W) uint8 as raw() makes every item
             shape = (count, self.batch_size // self.shard[1], *item.shape)
             self._slots = torch.empty(shape, dtype=torch.uint8).share_memory_()
-            if self.pin_memory:
-                _pin(self._slots)
             context = multiprocessing.get_context()  # what a DataLoader uses by default
             items = SharedEpoch(
                 self.dataset,
@@ -176,8 +176,24 @@ class BatchLoader:
         loader = self._dataloader()
         count = len(self._slots)
         self._sampler.order, self._sampler.seed = order, epoch_seed(generator)
+        self._epochs += 1
+        epoch = self._epochs
+        numbers = iter(loader)  # made after the epoch is set: it reads it now
+        if self.pin_memory and not self._pinned:
+            # Once the workers run: forked ones share the slots' pages however a driver marks a
+            # page-locked range (some keep such ranges out of a fork's child).
+            _pin(self._slots)
+            self._pinned = True
         busy_cores = self.num_workers > 0 and self.device.type == "cpu"
-        for b in loader:  # iterated after the epoch is set: it reads it now
+        while True:
+            if epoch != self._epochs:  # the loader's shared state now holds a newer epoch
+                raise RuntimeError(
+                    "a newer epoch of this BatchLoader has begun: an epoch's batches are read "
+                    "before the next epoch begins (or the older one is dropped)"
+                )
+            b = next(numbers, None)
+            if b is None:
+                return
             idx = order[b]
             images = self._slots[b % count, : len(idx)].to(self.device)  # (B, C, H, W) uint8
             with _one_thread(busy_cores):
@@ -190,9 +206,9 @@ class BatchLoader:
         # torch has no public close: this is what the iterator's __del__ calls.
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()
-        if self._slots is not None and self.pin_memory:  # (pinned: _pin raises otherwise)
+        if self._pinned:
             torch.cuda.cudart().cudaHostUnregister(self._slots.data_ptr())
-        self._loader, self._slots = None, None
+        self._loader, self._slots, self._pinned = None, None, False
 
     def __enter__(self) -> BatchLoader:
         return self

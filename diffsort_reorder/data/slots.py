@@ -17,8 +17,10 @@ on 2 cores, against 1.79-1.87x with reused slots.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -82,7 +84,7 @@ class SharedEpoch(Dataset):
         tail = b >= int(self.state[BATCHES]) - self.workers
         decoded, last_check = None, time.monotonic()  # decoded: the batch of the last image
         while True:
-            with self.lock:
+            with self._locked():
                 if decoded is not None:
                     self.done[decoded] += 1
                 item, sent = self.state[CLAIMED : SENT + 1].tolist()
@@ -104,6 +106,16 @@ class SharedEpoch(Dataset):
             self._decode(item, own=True)  # raises for this batch, if it fails again
         return b
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The lock, in a worker: one whose main process died holding it does not wait on."""
+        while not self.lock.acquire(timeout=ALIVE_S):
+            self._check_main_alive()
+        try:
+            yield
+        finally:
+            self.lock.release()
+
     def _batch_of(self, item: int) -> int:
         return int(torch.searchsorted(self.offsets[1:], item, right=True))
 
@@ -113,7 +125,13 @@ class SharedEpoch(Dataset):
         index, seed = int(self.index[item]), int(self.state[SEED])
         try:
             image, _ = self.dataset.raw_item(index if seed == NO_SEED else (index, seed))
-            self.slots[b % len(self.slots), item - int(self.offsets[b])].copy_(image)
+            slot = self.slots[b % len(self.slots), item - int(self.offsets[b])]  # (C, H, W)
+            if image.shape != slot.shape or image.dtype != slot.dtype:
+                raise ValueError(
+                    f"'raw' should make every image uint8 {tuple(slot.shape)} (as image 0) but "
+                    f"image {index} is {image.dtype} {tuple(image.shape)}"
+                )
+            slot.copy_(image)
         except Exception:
             if own:
                 raise
