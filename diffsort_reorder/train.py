@@ -31,7 +31,7 @@ from .cli import bad_input, run_command
 from .config import RUNTIME_KEYS, compose_config, to_yaml
 from .config_checks import check_config
 from .data import BatchLoader, create_dataset, grid_shape, key_recall, patchify
-from .data.loading import batch_order
+from .data.loading import batch_order, shard_bounds
 from .distributed import World, close
 from .methods import build_orderer
 from .model import PatchSequenceModel
@@ -86,16 +86,16 @@ class Run:
     def loader(self, split: str) -> BatchLoader:
         """The loader of ``split`` ("train" or "val"), kept for the run so that its DataLoader
         workers serve every epoch; :meth:`close` stops them. In training each rank reads its part
-        of every batch; every rank validates on the whole set."""
+        of every batch; in validation its contiguous part of the set."""
         if split not in self.loaders:
             t = self.cfg.trainer
-            dataset, size, shard = {
-                "train": (self.train_set, t.batch_size, (self.world.rank, self.world.size)),
-                "val": (self.val_set, t.eval_batch_size, (0, 1)),
+            dataset, size, part = {
+                "train": (self.train_set, t.batch_size, "batches"),
+                "val": (self.val_set, t.eval_batch_size, "set"),
             }[split]
             self.loaders[split] = BatchLoader(
-                dataset, size, *self.loading(), device=self.device, rank=shard[0],
-                world_size=shard[1],
+                dataset, size, *self.loading(), device=self.device, rank=self.world.rank,
+                world_size=self.world.size, split=part,
             )  # fmt: skip
         return self.loaders[split]
 
@@ -143,7 +143,8 @@ def evaluate(run: Run) -> dict:
     run.orderer.eval()
     loss_sum, correct, recall, seen = 0.0, 0, 0.0, 0
     keys = getattr(run.val_set, "key_positions", None)  # (K,) or (M, K) per image
-    # Every rank evaluates the whole validation set: one process's metrics, with no messages.
+    # Each rank evaluates its contiguous part of the set, from image `first` on; sums add up.
+    first, _ = shard_bounds(len(run.val_set), run.world.rank, run.world.size)
     for images, labels in run.loader("val").epoch(None):
         images, labels = images.to(run.device), labels.to(run.device)
         with run.autocast():
@@ -152,9 +153,11 @@ def evaluate(run: Run) -> dict:
         loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
         correct += int((logits.argmax(-1) == labels).sum())
         if keys is not None:
-            batch_keys = keys if keys.dim() == 1 else keys[seen : seen + len(labels)]
+            at = first + seen
+            batch_keys = keys if keys.dim() == 1 else keys[at : at + len(labels)]
             recall += float(key_recall(out.index, batch_keys).sum())
         seen += len(labels)
+    loss_sum, correct, recall, seen = run.world.total([loss_sum, correct, recall, seen])
     metrics = {"val_loss": loss_sum / seen, "val_acc": correct / seen}
     if keys is not None:
         metrics["key_recall"] = recall / seen

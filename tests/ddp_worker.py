@@ -56,3 +56,29 @@ def surrogate_gradients(rank: int, store: str, out_dir: str) -> None:
         results[baseline] = {"one": one, "two": two, "moved": (moved_one, problem.est.baseline)}
     torch.save(results, f"{out_dir}/rank{rank}.pt")
     close()
+
+
+def evaluation(rank: int, store: str, out_dir: str, overrides: list[str]) -> None:
+    """Rank ``rank`` of 2 validates a freshly built run (as torchrun would start it), counting
+    the images its validation loader gives it; saves the metrics and the count."""
+    import os
+
+    from diffsort_reorder.config import compose_config
+    from diffsort_reorder.train import evaluate, prepare_run
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    run = prepare_run(compose_config(overrides))
+    loader, counted = run.loader("val"), []
+    read = loader.epoch
+
+    def counting(generator):
+        for images, labels in read(generator):
+            counted.append(len(labels))
+            yield images, labels
+
+    loader.epoch = counting
+    metrics = evaluate(run)
+    run.close()
+    torch.save({"metrics": metrics, "images": sum(counted)}, f"{out_dir}/eval{rank}.pt")
+    close()

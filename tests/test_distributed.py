@@ -14,14 +14,14 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from ddp_worker import surrogate_gradients
+from ddp_worker import evaluation, surrogate_gradients
 from tiny_runs import TINY, tiny
 
 from diffsort_reorder import train as train_module
 from diffsort_reorder.checkpoint import load
 from diffsort_reorder.config import compose_config
 from diffsort_reorder.config_checks import check_config
-from diffsort_reorder.data.loading import batch_order
+from diffsort_reorder.data.loading import batch_order, eval_order
 from diffsort_reorder.distributed import World
 
 # A 2-process run against one process on the same global batches, float32: the global mean is a
@@ -158,3 +158,23 @@ def test_the_averaged_gradient_is_the_one_process_gradient_in_float64(tmp_path):
         assert torch.equal(first["moved"][1], second["moved"][1])
         torch.testing.assert_close(first["moved"][1], first["moved"][0], rtol=GRAD_RTOL, atol=0)
         assert first["moved"][0] != -0.7  # the step moved it
+
+
+def test_each_rank_validates_its_part_and_the_sums_are_one_process_metrics(tmp_path):
+    """Per-image key positions (planted_moving) and 33 images, which two ranks split 16 + 17:
+    every image is validated once, and each rank reports the whole set's metrics."""
+    overrides = [*TINY, "data=planted_moving", "data.options.num_val=33",
+                 "trainer.eval_batch_size=8", f"output_dir={tmp_path}"]  # fmt: skip
+    mp.spawn(evaluation, args=(str(tmp_path / "store"), str(tmp_path), overrides), nprocs=2)
+    ranks = [torch.load(tmp_path / f"eval{r}.pt") for r in range(2)]
+    assert [r["images"] for r in ranks] == [16, 17]
+    one = train_module.evaluate(train_module.prepare_run(compose_config(overrides)))
+    assert ranks[0]["metrics"] == ranks[1]["metrics"]
+    got = ranks[0]["metrics"]
+    assert got.keys() == one.keys() == {"val_loss", "val_acc", "key_recall"}
+    assert got["val_acc"] == one["val_acc"]
+    assert got["key_recall"] == pytest.approx(one["key_recall"])
+    assert got["val_loss"] == pytest.approx(one["val_loss"], rel=METRIC_RTOL)
+    parts = [eval_order(33, 8, rank, 2) for rank in range(2)]
+    assert [[len(b) for b in part] for part in parts] == [[8, 8], [8, 8, 1]]
+    assert torch.equal(torch.cat([torch.cat(part) for part in parts]), torch.arange(33))

@@ -72,6 +72,24 @@ def test_each_rank_reads_its_part_of_every_batch_flips_included(tmp_path):
         assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
 
 
+def test_each_rank_evaluates_its_contiguous_part_of_the_set(tmp_path):
+    """Validation under DDP: every image once over the ranks, in whole batches, none dropped."""
+    write_photos(tmp_path)
+    _, val_set = create_dataset("imagefolder", root=str(tmp_path), image_size=16)  # 6 images
+    with BatchLoader(val_set, 2) as loader:
+        whole = torch.cat([x for x, _ in loader.epoch(None)])
+    parts = []
+    for rank in (0, 1):
+        with BatchLoader(val_set, 2, 1, rank=rank, world_size=2, split="set") as loader:
+            parts.append([x for x, _ in loader.epoch(None)])
+        with pytest.raises(ValueError, match="split='set' reads in order: generator=None"):
+            next(loader.epoch(torch.Generator()))
+    assert [[len(x) for x in part] for part in parts] == [[2, 1], [2, 1]]
+    assert torch.equal(torch.cat([torch.cat(part) for part in parts]), whole)
+    with pytest.raises(ValueError, match="'split' should be 'batches' or 'set' but got 'val'"):
+        BatchLoader(val_set, 2, split="val")
+
+
 def test_train_images_are_flipped_by_seed_epoch_and_index(tmp_path):
     write_photos(tmp_path)
     train_set, val_set = create_dataset("imagefolder", root=str(tmp_path), image_size=16)

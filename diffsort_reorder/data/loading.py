@@ -52,6 +52,19 @@ def batch_order(
     return [idx[rank * part : (rank + 1) * part] for part, idx in parts if part]
 
 
+def shard_bounds(n: int, rank: int = 0, world_size: int = 1) -> tuple[int, int]:
+    """``rank``'s contiguous part ``[lo, hi)`` of ``range(n)``: the ``world_size`` parts cover
+    every index once, their sizes at most one apart."""
+    return rank * n // world_size, (rank + 1) * n // world_size
+
+
+def eval_order(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
+    """``rank``'s part of an evaluation: its :func:`shard_bounds` in order, in batches of
+    ``batch_size`` (every image once over the ranks, none left out)."""
+    lo, hi = shard_bounds(n, rank, world_size)
+    return list(torch.arange(lo, hi).split(batch_size))
+
+
 def epoch_seed(generator: torch.Generator | None) -> int | None:
     """The seed of the epoch's random transforms, drawn from ``generator`` after the order (None
     when unshuffled: no random transforms)."""
@@ -105,6 +118,10 @@ class BatchLoader:
     one :class:`torch.utils.data.DataLoader` with ``num_workers`` worker processes (0: in this
     process) that stay alive across epochs until :meth:`close`, ``pin_memory`` on CUDA; its
     uint8 batches are moved to ``device`` (None: the CPU) and made float there.
+
+    With ``world_size`` processes, ``split="batches"`` (training) gives ``rank`` its part of every
+    global batch (:func:`batch_order`) and ``split="set"`` (evaluation, unshuffled) its
+    contiguous part of the set in whole batches (:func:`eval_order`).
     """
 
     def __init__(
@@ -116,14 +133,18 @@ class BatchLoader:
         device: torch.device | str | None = None,
         rank: int = 0,
         world_size: int = 1,
+        split: str = "batches",
     ) -> None:
+        if split not in ("batches", "set"):
+            raise ValueError(f"'split' should be 'batches' or 'set' but got {split!r}")
         if not hasattr(dataset, "images") and not hasattr(dataset, "raw_item"):
             raise TypeError(
                 f"'dataset' should hold 'images' in memory or be a LazyImageDataset but got "
                 f"{type(dataset).__name__}"
             )
         self.dataset, self.batch_size = dataset, batch_size
-        self.shard = (rank, world_size)  # this process's part of each batch (batch_order)
+        self.shard = (rank, world_size)  # this process's part (batch_order, eval_order)
+        self.split = split
         self.num_workers = check_workers(num_workers)
         self.pin_memory = pin_memory
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -140,7 +161,8 @@ class BatchLoader:
             # again only after the batch it held was converted (batches come back in order).
             count = workers * PREFETCH_BATCHES + 1
             item = self.dataset.raw_item(0)[0]  # (C, H, W) uint8 as raw() makes every item
-            shape = (count, self.batch_size // self.shard[1], *item.shape)
+            part = self.batch_size // self.shard[1] if self.split == "batches" else self.batch_size
+            shape = (count, part, *item.shape)
             self._slots = torch.empty(shape, dtype=torch.uint8).share_memory_()
             context = multiprocessing.get_context()  # what a DataLoader uses by default
             items = SharedEpoch(
@@ -168,7 +190,12 @@ class BatchLoader:
 
     def epoch(self, generator: torch.Generator | None) -> Iterator[Batch]:
         """One epoch's batches, shuffled by ``generator`` (in order, unaugmented when None)."""
-        order = batch_order(len(self.dataset), self.batch_size, generator, *self.shard)
+        if self.split == "set":
+            if generator is not None:
+                raise ValueError("a BatchLoader with split='set' reads in order: generator=None")
+            order = eval_order(len(self.dataset), self.batch_size, *self.shard)
+        else:
+            order = batch_order(len(self.dataset), self.batch_size, generator, *self.shard)
         if hasattr(self.dataset, "images"):  # in memory: slice
             for idx in order:
                 yield self.dataset.images[idx], self.dataset.labels[idx]
