@@ -5,8 +5,9 @@ soft permutation ``P (B, N, N)`` has rows summing to 1 and ``x_out = P @ x``; so
 descending (slot 0 gets the highest score); ``tau`` is the temperature (smaller = harder).
 """
 
-from . import modules as _modules  # noqa: F401  (registers the estimators)
 from . import saliency as _saliency  # noqa: F401
+from . import samplers as _samplers  # noqa: F401  (registers the estimators)
+from . import sorters as _sorters  # noqa: F401
 from .modules import PermutationEstimator, Wants
 from .modules import ramp_scores as ramp_scores
 from .permutation import PermutationOutput, apply_permutation, hard_permutation

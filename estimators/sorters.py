@@ -1,0 +1,159 @@
+"""Estimators with one learned score per token, relaxed to a soft permutation by a
+differentiable sort: SoftSort, NeuralSort, torchsort's soft ranks, optimal-transport sorting."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._checks import check_count
+from .modules import (
+    MATERIALIZE_LIMIT,
+    PermutationEstimator,
+    _soft_aux,
+    _with_fallbacks,
+    ramp_scores,
+)
+from .permutation import PermutationOutput, _permute_tokens, apply_permutation
+from .registry import register_estimator
+from .scan import soft_rank_apply, softsort_apply, softsort_column_sums
+from .sinkhorn import BACKWARDS
+from .sorting import (
+    KERNELS,
+    REGULARIZATIONS,
+    import_torchsort,
+    neuralsort,
+    ot_sort,
+    soft_rank_permutation,
+    softsort,
+    sort_permutation,
+)
+
+
+class _ScoreSortEstimator(PermutationEstimator):
+    """One learned score per token, relaxed to a soft permutation by ``self.relax`` (or, above
+    ``materialize_limit``, applied to the tokens by ``self.relax_apply``)."""
+
+    soft_path = "matrix"
+
+    def __init__(
+        self, num_tokens: int, *, tau=1.0, init_order=None, hard=False,
+        materialize_limit=MATERIALIZE_LIMIT,
+    ) -> None:  # fmt: skip
+        super().__init__(
+            num_tokens, tau=tau, init_order=init_order, materialize_limit=materialize_limit
+        )
+        self.hard = bool(hard)
+        self.scores = nn.Parameter(ramp_scores(self.init_order))
+
+    def relax(self, scores: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def relax_apply(self, scores: torch.Tensor, tokens: torch.Tensor):
+        """``(relax(scores) @ tokens, aux)`` without forming the matrix (``soft_path="apply"``)."""
+        raise NotImplementedError
+
+    def order(self) -> torch.Tensor:
+        return sort_permutation(self.scores.detach())
+
+    def train_forward(self, tokens: torch.Tensor) -> PermutationOutput:
+        b = tokens.shape[0]
+        index = self.order().to(tokens.device).expand(b, -1)  # (B, N)
+        if self.applies():
+            out, aux = self.relax_apply(self.scores, tokens)
+            if self.hard:  # straight-through on the tokens: (H - P.detach() + P) @ x
+                out = _permute_tokens(tokens, index) - out.detach() + out
+            return PermutationOutput(out, index, aux=aux)
+        P, fallbacks = _with_fallbacks(self.relax, self.scores)
+        P = P.unsqueeze(0)  # (1, N, N) in float32, shared by the batch
+        aux = _soft_aux(P)
+        if self.doubly_stochastic:  # Sinkhorn inside
+            aux["log_domain_fallbacks"] = fallbacks
+        out = apply_permutation(tokens, soft=P)
+        return PermutationOutput(out, index, soft=P.expand(b, -1, -1), aux=aux)
+
+
+@register_estimator("softsort")
+class SoftSortEstimator(_ScoreSortEstimator):
+    """One learned score per token, relaxed by :func:`estimators.softsort`; above
+    ``materialize_limit`` tokens applied by :func:`estimators.softsort_apply` (O(N D)), with
+    ``aux["marginal_error"]`` from the column sums the same way and no ``row_entropy``."""
+
+    soft_path = "apply"
+
+    def relax(self, scores):
+        return softsort(scores, tau=self.tau, hard=self.hard)
+
+    def relax_apply(self, scores, tokens):
+        out = softsort_apply(scores, tokens, self.tau)  # (B, N, D): one order, scanned once
+        cols = softsort_column_sums(scores.detach(), self.tau)  # rows sum to 1 exactly
+        return out, {"marginal_error": (cols - 1).abs().max()}
+
+
+@register_estimator("neuralsort")
+class NeuralSortEstimator(_ScoreSortEstimator):
+    """One learned score per token, relaxed by :func:`estimators.neuralsort`."""
+
+    def relax(self, scores):
+        return neuralsort(scores, tau=self.tau, hard=self.hard)
+
+
+@register_estimator("torchsort")
+class TorchSortEstimator(_ScoreSortEstimator):
+    """One learned score per token, relaxed by :func:`estimators.soft_rank_permutation`
+    (torchsort's soft ranks; needs torchsort installed). ``kernel="l1"`` has an apply path
+    (:func:`estimators.scan.soft_rank_apply`): above ``materialize_limit`` tokens it orders them
+    without the matrix, with no ``aux`` diagnostics; ``"squared"`` (the default) only forms P."""
+
+    soft_path = None  # decided by the kernel
+
+    def __init__(
+        self, num_tokens, *, tau=1.0, init_order=None, hard=False, regularization="l2",
+        kernel="squared", materialize_limit=MATERIALIZE_LIMIT,
+    ):  # fmt: skip
+        import_torchsort()  # fail when built, not at the first training step
+        if regularization not in REGULARIZATIONS:
+            raise ValueError(
+                f"'regularization' should be one of {REGULARIZATIONS} but got {regularization!r}"
+            )
+        if kernel not in KERNELS:
+            raise ValueError(f"'kernel' should be one of {KERNELS} but got {kernel!r}")
+        super().__init__(
+            num_tokens, tau=tau, init_order=init_order, hard=hard,
+            materialize_limit=materialize_limit,
+        )  # fmt: skip
+        self.regularization, self.kernel = regularization, kernel
+        self.soft_path = "apply" if kernel == "l1" else "matrix"
+        self.check_materialize_limit()
+
+    def relax(self, scores):
+        return soft_rank_permutation(
+            scores, self.tau, self.regularization, hard=self.hard, kernel=self.kernel
+        )
+
+    def relax_apply(self, scores, tokens):
+        return soft_rank_apply(scores, tokens, self.tau, self.regularization), {}
+
+
+@register_estimator("ot_sort")
+class OTSortEstimator(_ScoreSortEstimator):
+    """One learned score per token, relaxed by :func:`estimators.ot_sort` (entropic optimal
+    transport, ``n_iters`` Sinkhorn rounds)."""
+
+    doubly_stochastic = True
+
+    def __init__(
+        self, num_tokens, *, tau=0.01, init_order=None, hard=False, n_iters=50,
+        backward="unrolled", materialize_limit=MATERIALIZE_LIMIT,
+    ):  # fmt: skip
+        super().__init__(
+            num_tokens, tau=tau, init_order=init_order, hard=hard,
+            materialize_limit=materialize_limit,
+        )  # fmt: skip
+        self.n_iters = check_count("n_iters", n_iters)
+        if backward not in BACKWARDS:
+            raise ValueError(f"'backward' should be one of {BACKWARDS} but got {backward!r}")
+        self.backward_mode = backward
+
+    def relax(self, scores):
+        return ot_sort(scores, self.tau, self.n_iters, backward=self.backward_mode, hard=self.hard)
