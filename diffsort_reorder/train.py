@@ -11,12 +11,9 @@ writes the checkpoint, TensorBoard and the result.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,28 +21,21 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from .backbones import create_backbone
 from .checkpoint import load, save_atomic
-from .checks import check_clip
 from .cli import bad_input, run_command
 from .config import RUNTIME_KEYS, compose_config, to_yaml
 from .config_checks import check_config
-from .data import BatchLoader, create_dataset, grid_shape, key_recall, patchify
-from .data.loading import batch_order, shard_bounds
+from .data import patchify
 from .distributed import World, close
-from .methods import build_orderer
-from .model import PatchSequenceModel
+from .run import Run, evaluate, example_order, key_patches, order_tokens, prepare_run
 from .runlog import RunLogger
 from .runtime import (
     code_version,
-    resolve_device,
     rng_state,
-    seed_everything,
     set_rng_state,
     show_progress,
-    use_amp,
 )
-from .schedules import constant_lr, lr_factor, phase_at, tau_at
+from .schedules import phase_at
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -59,195 +49,6 @@ def _check_resumable(saved: dict, cfg: dict, path: Path) -> None:
             f"{str(path)!r} was written by a run with another config; use a new output_dir or "
             f"trainer.resume=false"
         )
-
-
-@dataclass
-class Run:
-    """Everything one run builds from its config; the loop below only reads and steps it."""
-
-    cfg: DictConfig
-    device: torch.device
-    train_set: object
-    val_set: object
-    grid: tuple[int, int]
-    model: PatchSequenceModel
-    orderer: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    steps_per_epoch: int
-    clip_limits: dict[str, float]  # max gradient norm per part: model, orderer (inf: no clip)
-    world: World = World()  # this process's rank among the run's processes
-    loaders: dict[str, BatchLoader] = field(default_factory=dict)  # "train", "val": made on use
-
-    def loading(self) -> tuple[int, bool]:
-        """``(num_workers, pin_memory)`` for the loaders of lazy datasets (pinned on CUDA)."""
-        return self.cfg.trainer.num_workers, self.device.type == "cuda"
-
-    def loader(self, split: str) -> BatchLoader:
-        """The loader of ``split`` ("train" or "val"), kept for the run so that its DataLoader
-        workers serve every epoch; :meth:`close` stops them. In training each rank reads its part
-        of every batch; in validation its contiguous part of the set."""
-        if split not in self.loaders:
-            t = self.cfg.trainer
-            dataset, size, part = {
-                "train": (self.train_set, t.batch_size, "batches"),
-                "val": (self.val_set, t.eval_batch_size, "set"),
-            }[split]
-            self.loaders[split] = BatchLoader(
-                dataset, size, *self.loading(), device=self.device, rank=self.world.rank,
-                world_size=self.world.size, split=part,
-            )  # fmt: skip
-        return self.loaders[split]
-
-    def close(self) -> None:
-        """Stop the loaders' worker processes (every loader's, even if one fails to stop)."""
-        loaders, self.loaders = list(self.loaders.values()), {}
-        with contextlib.ExitStack() as stopping:
-            for loader in loaders:
-                stopping.callback(loader.close)
-
-    def autocast(self):
-        """bf16 autocast where ``trainer.amp`` asks for it (auto: CUDA only). Estimators compute
-        their permutations in float32 inside it; only ``P @ tokens`` follows bf16."""
-        if use_amp(self.cfg.trainer.amp, self.device):
-            return torch.autocast(self.device.type, torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def clip_gradients(self) -> dict[str, torch.Tensor]:
-        """Clip the model's and the orderer's gradients each by its own norm (as REOrder): a
-        score-function gradient scales like 1/tau and, clipped jointly, would shrink the model's
-        step. Returns both norms before clipping."""
-        norms = {}
-        for part, limit in self.clip_limits.items():
-            params = [p for p in getattr(self, part).parameters() if p.grad is not None]
-            norms[part] = (
-                torch.nn.utils.clip_grad_norm_(params, limit) if params else torch.zeros(())
-            )
-        return norms
-
-    def policy_tau(self, step: int) -> float | None:
-        """The estimator's temperature at global ``step`` in the policy phase; None without one."""
-        est, t = self.cfg.get("estimator"), self.cfg.trainer
-        if est is None:
-            return None
-        policy_step = step - t.curriculum.fixed_epochs * self.steps_per_epoch
-        policy_steps = max(1, t.curriculum.policy_epochs * self.steps_per_epoch)
-        return tau_at(policy_step, policy_steps, est.tau.schedule, est.tau.max, est.tau.min)
-
-
-@torch.no_grad()
-def evaluate(run: Run) -> dict:
-    """Validation loss and accuracy with the hard order; on data with key patches (planted) also
-    ``key_recall``, the mean fraction of keys the order puts in the last slots."""
-    run.model.eval()
-    run.orderer.eval()
-    loss_sum, correct, recall, seen = 0.0, 0, 0.0, 0
-    keys = getattr(run.val_set, "key_positions", None)  # (K,) or (M, K) per image
-    # Each rank evaluates its contiguous part of the set, from image `first` on; sums add up.
-    first, _ = shard_bounds(len(run.val_set), run.world.rank, run.world.size)
-    for images, labels in run.loader("val").epoch(None):
-        images, labels = images.to(run.device), labels.to(run.device)
-        with run.autocast():
-            out, _ = order_tokens(run, patchify(images, run.cfg.data.patch_size))
-            logits = run.model.classify(out.tokens)
-        loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
-        correct += int((logits.argmax(-1) == labels).sum())
-        if keys is not None:
-            at = first + seen
-            batch_keys = keys if keys.dim() == 1 else keys[at : at + len(labels)]
-            recall += float(key_recall(out.index, batch_keys).sum())
-        seen += len(labels)
-    loss_sum, correct, recall, seen = run.world.total([loss_sum, correct, recall, seen])
-    metrics = {"val_loss": loss_sum / seen, "val_acc": correct / seen}
-    if keys is not None:
-        metrics["key_recall"] = recall / seen
-    return metrics
-
-
-@torch.no_grad()
-def example_order(run: Run) -> list[int]:
-    """The hard order ``(N,)`` the orderer gives the first validation image."""
-    run.model.eval()
-    run.orderer.eval()
-    image = run.val_set[0][0][None].to(run.device)  # (1, C, H, W)
-    with run.autocast():
-        out, _ = order_tokens(run, patchify(image, run.cfg.data.patch_size))
-    return out.index[0].cpu().tolist()
-
-
-def key_patches(dataset) -> list[int] | None:
-    """A dataset's key patches when they are the same for every image (planted), else None."""
-    keys = getattr(dataset, "key_positions", None)
-    return keys.tolist() if keys is not None and keys.dim() == 1 else None
-
-
-def build_run(cfg: DictConfig) -> Run:
-    t, data_cfg, est = cfg.trainer, cfg.data, cfg.get("estimator")
-    world = World.from_env()
-    check_config(cfg, world.size)
-    device = world.connect(resolve_device(t.device))
-    options = OmegaConf.to_container(data_cfg.options, resolve=True) or {}
-    train_set, val_set = create_dataset(data_cfg.name, **options)
-    c, h, w = train_set.image_shape
-    grid = grid_shape(h, w, data_cfg.patch_size)
-    num_tokens = grid[0] * grid[1]
-    backbone = create_backbone(
-        cfg.backbone.name,
-        size=cfg.backbone.size,
-        num_tokens=num_tokens,
-        num_classes=train_set.num_classes,
-        **(OmegaConf.to_container(cfg.backbone.options, resolve=True) or {}),
-    )
-    model = PatchSequenceModel(c * data_cfg.patch_size**2, num_tokens, backbone, cfg.pos_embed)
-    model = model.to(device)
-    orderer = build_orderer(
-        cfg.method, train_set, grid, cfg.get("estimator"), data_cfg.patch_size, cfg.get("prior"),
-        token_dim=backbone.dim, order=cfg.get("order"),
-    ).to(device)  # fmt: skip
-    world.broadcast_from_main([model, orderer])
-    if t.compile:
-        model.backbone = torch.compile(model.backbone)
-    # Weight decay on the model's matrices only; the orderer has its own lr and no decay.
-    groups = [
-        {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": t.weight_decay},
-        {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    if list(orderer.parameters()):
-        groups.append(
-            {"params": list(orderer.parameters()), "weight_decay": 0.0, "lr": cfg.estimator.lr}
-        )
-    optimizer = torch.optim.AdamW(groups, lr=t.lr)
-    steps_per_epoch = len(batch_order(len(train_set), t.batch_size, None, world.rank, world.size))
-    total, warmup = t.epochs * steps_per_epoch, t.warmup_epochs * steps_per_epoch
-    model_lr = functools.partial(lr_factor, warmup_steps=warmup, total_steps=total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, [model_lr, model_lr] + [constant_lr] * (len(groups) - 2)
-    )
-    clip_limits = {
-        "model": check_clip("trainer.grad_clip", t.grad_clip),
-        "orderer": check_clip("estimator.grad_clip", (est or {}).get("grad_clip")),
-    }
-    return Run(cfg, device, train_set, val_set, grid, model, orderer, optimizer, scheduler,
-               steps_per_epoch, clip_limits, world)  # fmt: skip
-
-
-def order_tokens(run: Run, patches: torch.Tensor):
-    """Embed and order ``patches``; the orderer first gets what its ``wants`` asks the model for
-    (early features or a saliency). Returns the output and the milliseconds of that early pass
-    (None when nothing was wanted)."""
-    tokens = run.model.embed(patches)
-    wants = run.orderer.wants
-    if wants.kind == "nothing":
-        return run.orderer(tokens), None
-    started = time.perf_counter()
-    # The pass that scores patches runs in float32 whatever autocast says, as the estimators do:
-    # an order is decided by score differences below bf16's resolution.
-    with torch.autocast(run.device.type, enabled=False):
-        features = run.model.answer(wants, tokens.float())  # (B, N, F)
-    if run.device.type == "cuda":
-        torch.cuda.synchronize(run.device)
-    early_ms = 1e3 * (time.perf_counter() - started)
-    return run.orderer(tokens, features=features), early_ms
 
 
 def train_step(run: Run, images, labels, epoch: int = 0, step: int = 0):
@@ -358,12 +159,6 @@ def fit(
         # 4. Tell the caller (a study's pruner may stop the run here).
         if on_epoch is not None:
             on_epoch(epoch + 1, metrics)
-
-
-def prepare_run(cfg: DictConfig) -> Run:
-    """Seed every generator with ``cfg.seed`` and build the run."""
-    seed_everything(cfg.seed)
-    return build_run(cfg)
 
 
 def train(

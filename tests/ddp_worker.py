@@ -64,7 +64,7 @@ def evaluation(rank: int, store: str, out_dir: str, overrides: list[str]) -> Non
     import os
 
     from diffsort_reorder.config import compose_config
-    from diffsort_reorder.train import evaluate, prepare_run
+    from diffsort_reorder.run import evaluate, prepare_run
 
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)

@@ -8,8 +8,9 @@ from tiny_runs import tiny
 
 from diffsort_reorder import train as train_module
 from diffsort_reorder.checkpoint import load
+from diffsort_reorder.run import prepare_run
 from diffsort_reorder.schedules import tau_at
-from diffsort_reorder.train import prepare_run, train
+from diffsort_reorder.train import train
 
 # One epoch per phase: fixed, policy, frozen; 64 images in batches of 16 -> 4 steps per epoch.
 CURRICULUM = [

@@ -11,7 +11,7 @@ from diffsort_reorder.data import unpatchify
 from diffsort_reorder.priors import collapse_prior, compression_prior, pagerank
 from diffsort_reorder.priors import compression as compression_module
 from diffsort_reorder.priors.__main__ import main as priors_main
-from diffsort_reorder.train import build_run
+from diffsort_reorder.run import build_run
 
 ALL_ORDERS = ("row_major", "column_major", "hilbert", "spiral", "diagonal", "snake", "z_order")
 

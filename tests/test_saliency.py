@@ -6,7 +6,8 @@ from tiny_runs import TINY as SHARED_TINY
 
 from diffsort_reorder.config import compose_config
 from diffsort_reorder.data import create_dataset, patchify
-from diffsort_reorder.train import build_run, order_tokens, train, train_step
+from diffsort_reorder.run import build_run, order_tokens
+from diffsort_reorder.train import train, train_step
 from estimators import create_estimator
 
 # The shared tiny run, on the moving task, with segments of 8 patches.
