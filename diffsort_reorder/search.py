@@ -11,6 +11,7 @@ unmarked one the next worker to hold the lock knows has no worker; either is fai
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
 import sys
 import time
@@ -75,19 +76,28 @@ def fail_stale_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def fail_unmarked_trials(study: optuna.Study) -> None:
-    """Fail the RUNNING trials not marked as beating; call it under the search's lock. Every
-    trial is taken and marked under that lock, so an unmarked one's worker died in between, and
-    Optuna never fails a RUNNING trial that has no heartbeat at all."""
+def fail_unmarked_trials(study: optuna.Study, grace_period: float) -> None:
+    """Fail the RUNNING trials taken over ``grace_period`` seconds ago and never marked as
+    beating; call it under the search's lock. A worker marks its trial moments after taking it,
+    under that lock, so such a trial's worker died in between, and Optuna never fails a RUNNING
+    trial that has no heartbeat at all. (The grace spares a trial taken while the lock was not
+    held: one machine's file lock on a shared database, a lost connection.)"""
+    now = datetime.datetime.now()  # as Optuna dates a trial's start
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if BEATING not in trial.system_attrs:
-            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        if BEATING in trial.system_attrs or trial.datetime_start is None:
+            continue
+        if (now - trial.datetime_start).total_seconds() > grace_period:
+            finished = optuna.exceptions.UpdateFinishedTrialError  # another worker failed it
+            with contextlib.suppress(finished):
+                study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
 
 
-def take_trial(study: optuna.Study, n_trials: int, sampler: Callable) -> optuna.Trial | None:
+def take_trial(
+    study: optuna.Study, n_trials: int, sampler: Callable, grace_period: float
+) -> optuna.Trial | None:
     """The trial this worker runs next, or None when the budget is spent; call it under the
     search's lock. ``sampler(n)`` is the sampler to use with ``n`` trials in the storage."""
-    fail_unmarked_trials(study)
+    fail_unmarked_trials(study, grace_period)
     requeue_interrupted(study)
     trials = study.get_trials(deepcopy=False)
     waiting = any(t.state == TrialState.WAITING for t in trials)
@@ -124,6 +134,7 @@ def search(
     sampler: Callable,
     first_point: Callable[[], dict] | None,
     wait_for_workers: float,
+    grace_period: float,
     tick: Callable[[FrozenTrial, float], None],
 ) -> optuna.Study:
     """Run trials of ``study`` until it has ``n_trials``, then wait for other workers' running
@@ -132,7 +143,9 @@ def search(
     trials), up to ``wait_for_workers`` seconds on a journal (no heartbeats).
 
     ``lock()`` is the search's lock; ``first_point()`` the parameters of the first trial (None:
-    sampled); ``tick(trial, seconds)`` is told of each trial this worker ran."""
+    sampled); ``grace_period``: seconds after which a trial taken and never marked as beating is
+    failed (:func:`fail_unmarked_trials`); ``tick(trial, seconds)`` is told of each trial this
+    worker ran."""
     if is_heartbeat_enabled(study._storage):
         wait_for_workers = math.inf
     waited = 0.0
@@ -142,7 +155,7 @@ def search(
             with lock():
                 if first_point is not None and not study.get_trials(deepcopy=False):
                     study.enqueue_trial(first_point())
-                trial = take_trial(study, n_trials, sampler)
+                trial = take_trial(study, n_trials, sampler, grace_period)
                 if trial is not None:
                     try:
                         beating.enter_context(heartbeat(study._storage, trial._trial_id))

@@ -249,6 +249,7 @@ class Study:
             sampler=sampler,
             first_point=(lambda: self.default_point(method, backbone)) if start else None,
             wait_for_workers=self.s.wait_for_workers,
+            grace_period=self.s.grace_period,
             tick=tick,
         )
 

@@ -178,3 +178,6 @@ def test_each_rank_validates_its_part_and_the_sums_are_one_process_metrics(tmp_p
     parts = [eval_order(33, 8, rank, 2) for rank in range(2)]
     assert [[len(b) for b in part] for part in parts] == [[8, 8], [8, 8, 1]]
     assert torch.equal(torch.cat([torch.cat(part) for part in parts]), torch.arange(33))
+    assert eval_order(2, 8, 0, 4) == [] and [len(b) for b in eval_order(2, 8, 1, 4)] == [1]
+    with pytest.raises(ValueError, match=r"0 <= rank < world_size but got rank=2, world_size=2"):
+        eval_order(4, 2, 2, 2)

@@ -44,7 +44,7 @@ PUBLIC_API = {
 HELPERS = {"sinkhorn_ref": "sinkhorn", "sample_gumbel": "sinkhorn", "marginal_error": "sinkhorn",
            "ramp_scores": "modules"}  # fmt: skip
 SUBMODULES = ("permutation", "plackett_luce", "registry", "sinkhorn", "sorting", "modules",
-              "saliency", "scan")  # fmt: skip
+              "sorters", "samplers", "saliency", "scan")  # fmt: skip
 TORCHSORT_RECIPE = "pip install --no-build-isolation torchsort"
 
 

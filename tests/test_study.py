@@ -467,23 +467,30 @@ def test_a_killed_workers_trial_is_failed_by_its_heartbeat_and_retried(tmp_path,
 
 def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(tmp_path, monkeypatch):
     """Killed between taking its trial and the first beat, a worker leaves a RUNNING trial that
-    Optuna would never fail (it has no heartbeat); the next worker fails it under the lock."""
+    Optuna would never fail (it has no heartbeat); once the grace period has passed, the next
+    worker to take a trial fails it under the lock and runs it again."""
 
-    class NoWait:  # the study's clock, refusing to wait for others' trials
+    class Clock:  # the study's clock: it waits, but not for ever
         perf_counter = staticmethod(time.perf_counter)
+        slept = 0.0
 
-        @staticmethod
-        def sleep(seconds):
-            raise AssertionError(f"the worker waited {seconds} s for a trial with no worker")
+        @classmethod
+        def sleep(cls, seconds):
+            cls.slept += seconds
+            if cls.slept > 30:
+                raise AssertionError("the worker waited 30 s for a trial with no worker")
+            time.sleep(seconds)
 
-    monkeypatch.setattr(search_module, "time", NoWait)
+    monkeypatch.setattr(search_module, "time", Clock)
+    monkeypatch.setattr(search_module, "POLL_SECONDS", 0.5)
     cfg = study_config(tmp_path, "study.methods=[softsort]", "study.n_trials=1",
-                       "study.start_from_defaults=false", "study.heartbeat_interval=60",
-                       "study.grace_period=120")  # fmt: skip
+                       "study.start_from_defaults=false", "study.heartbeat_interval=1",
+                       "study.grace_period=2")  # fmt: skip
     with pytest.warns(UserWarning, match="Heartbeat"):
         killed = Study(cfg).optuna_study("softsort", "txl").ask()  # RUNNING, never beat
     killed.suggest_float("estimator.lr", 0.02, 0.5, log=True)
     Study(cfg).run()
+    assert 1 < Clock.slept <= 30  # the grace period, not for ever
     found = trials(tmp_path, "smoke/txl/softsort")
     assert found[0].state == TrialState.FAIL and "fail_reason" not in found[0].user_attrs
     assert found[1].user_attrs["retry_of"] == 0 and found[1].state == TrialState.COMPLETE

@@ -61,8 +61,13 @@ def shard_bounds(n: int, rank: int = 0, world_size: int = 1) -> tuple[int, int]:
 def eval_order(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
     """``rank``'s part of an evaluation: its :func:`shard_bounds` in order, in batches of
     ``batch_size`` (every image once over the ranks, none left out)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(
+            f"'rank' and 'world_size' should have 0 <= rank < world_size but got rank={rank}, "
+            f"world_size={world_size}"
+        )
     lo, hi = shard_bounds(n, rank, world_size)
-    return list(torch.arange(lo, hi).split(batch_size))
+    return list(torch.arange(lo, hi).split(batch_size)) if hi > lo else []  # no empty batch
 
 
 def epoch_seed(generator: torch.Generator | None) -> int | None:
