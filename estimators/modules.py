@@ -11,7 +11,9 @@ Plackett-Luce) in :mod:`.samplers`, orders per image from early-layer features i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -27,6 +29,7 @@ from ._checks import (
 from .permutation import PermutationOutput, _permute_tokens
 from .sinkhorn import fallback_count, marginal_error
 
+T = TypeVar("T")
 SAMPLES = ("batch", "image")
 # Above this many tokens, estimators that can apply P without forming it do.
 MATERIALIZE_LIMIT = 4096
@@ -98,6 +101,20 @@ def ramp_scores(order: torch.Tensor) -> torch.Tensor:
     scores = torch.empty(n)
     scores[order] = torch.linspace(0.0, -1.0, n) if n > 1 else torch.zeros(1)
     return scores
+
+
+def draw_part(draw: Callable[[], T], part: tuple[int, int]) -> T:
+    """``draw()`` for this process's part of a batch split over data-parallel processes,
+    ``part = (rank, size)``: every process makes every part's draw in turn and keeps its own, so
+    the parts' draws differ while every process's random state moves alike (on the CPU, where
+    torch draws in sequence, the parts are exactly one process's draw for the whole batch)."""
+    rank, size = part
+    kept = None
+    for r in range(size):
+        out = draw()
+        if r == rank:
+            kept = out
+    return kept
 
 
 def _soft_aux(P: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -175,6 +192,10 @@ class PermutationEstimator(nn.Module):
     # Keyword arguments beyond ``num_tokens`` that ``create_estimator`` must be given, each with
     # what it means: {"dim": "token width"}.
     extra_required: dict[str, str] = {}
+    # ``(rank, size)``: this process's equal part of each batch, when ``size`` data-parallel
+    # processes split it (a training loop sets it). Draws made per image cover the whole batch
+    # and keep this part (:func:`draw_part`); draws per batch are the same everywhere already.
+    part: tuple[int, int] = (0, 1)
 
     def __init__(
         self, num_tokens: int, *, tau: float = 1.0, init_order=None,

@@ -24,7 +24,14 @@ import torch
 from torch import nn
 
 from ._checks import check_count
-from .modules import MATERIALIZE_LIMIT, PermutationEstimator, Wants, _Reinforce, ramp_scores
+from .modules import (
+    MATERIALIZE_LIMIT,
+    PermutationEstimator,
+    Wants,
+    _Reinforce,
+    draw_part,
+    ramp_scores,
+)
 from .permutation import PermutationOutput, _permute_tokens, apply_permutation
 from .plackett_luce import _log_prob, plackett_luce_sample
 from .registry import register_estimator
@@ -110,7 +117,7 @@ class SaliencyEstimator(_Reinforce, PermutationEstimator):
             index = sort_permutation(s.detach())  # (B, N): each image its own order
             return self.indexed_output(tokens, index)
         if self.relaxation == "plackett_luce":
-            index = plackett_luce_sample(s, 1, self.tau)[0]  # (B, N)
+            index = draw_part(lambda: plackett_luce_sample(s, 1, self.tau)[0], self.part)  # (B, N)
             log_prob = _log_prob(s, index, self.tau)  # (B,), at the sampling tau
             aux = {"log_prob": log_prob.detach().mean(), "baseline": self.baseline.clone()}
             return self.indexed_output(tokens, index, log_prob=log_prob, aux=aux)

@@ -14,12 +14,13 @@ from .modules import (
     _Reinforce,
     _soft_aux,
     _with_fallbacks,
+    draw_part,
     ramp_scores,
 )
 from .permutation import PermutationOutput, apply_permutation, hard_permutation
 from .plackett_luce import _log_prob, _sequential_entropy, plackett_luce_sample
 from .registry import register_estimator
-from .sinkhorn import BACKWARDS, gumbel_sinkhorn
+from .sinkhorn import BACKWARDS, gumbel_sinkhorn, sample_gumbel
 from .sorting import sort_permutation
 
 
@@ -55,9 +56,13 @@ class GumbelSinkhornEstimator(PermutationEstimator):
         b = tokens.shape[0]
         draws = b if self.samples == "image" else 1
         log_alpha = self.log_alpha.expand(draws, -1, -1)  # (S, N, N), never in half precision
+        noise = self.noise
+        if self.samples == "image" and noise:  # this part's noise of the whole batch's
+            gumbel = draw_part(lambda: sample_gumbel(log_alpha.shape, log_alpha), self.part)
+            log_alpha, noise = log_alpha + noise * gumbel, 0.0  # as gumbel_sinkhorn adds it
         P, fallbacks = _with_fallbacks(
             lambda x: gumbel_sinkhorn(
-                x, self.tau, self.n_iters, self.noise, backward=self.backward_mode
+                x, self.tau, self.n_iters, noise, backward=self.backward_mode
             ),
             log_alpha,
         )  # (S, N, N)
@@ -115,7 +120,9 @@ class PlackettLuceEstimator(_Reinforce, PermutationEstimator):
 
     def train_forward(self, tokens: torch.Tensor) -> PermutationOutput:
         groups = self.groups(tokens.shape[0], tokens.device)  # (B,)
-        draws = plackett_luce_sample(self.logits, int(groups.max()) + 1, self.tau)  # (K, N)
+        k = int(groups.max()) + 1
+        part = self.part if self.samples == "image" else (0, 1)  # per batch: the same everywhere
+        draws = draw_part(lambda: plackett_luce_sample(self.logits, k, self.tau), part)  # (K, N)
         index = draws.to(tokens.device)[groups]  # (B, N)
         log_prob = _log_prob(self.logits, index, self.tau)  # (B,), at sampling tau
         aux = {"log_prob": log_prob.detach().mean(), "baseline": self.baseline.clone()}

@@ -23,6 +23,7 @@ from diffsort_reorder.config import compose_config
 from diffsort_reorder.config_checks import check_config
 from diffsort_reorder.data.loading import batch_order, eval_order
 from diffsort_reorder.distributed import World
+from estimators import create_estimator
 
 # A 2-process run against one process on the same global batches, float32: the global mean is a
 # mean of two half-batch means and the gradients are summed across processes, so results differ
@@ -40,10 +41,10 @@ RUN = [*TINY, "method=plackett_luce_rloo", "estimator.tau.min=0.1", "trainer.epo
 GRAD_RTOL = 1e-12  # float64 gradients: one process against two
 
 
-def torchrun(output_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+def torchrun(output_dir: Path, *overrides: str, run=RUN) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc-per-node 2 -m diffsort_reorder.train`` on the tiny run."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node", "2", "-m", "diffsort_reorder.train", *RUN,
+               "--nproc-per-node", "2", "-m", "diffsort_reorder.train", *run,
                f"output_dir={output_dir}", *overrides]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -80,6 +81,23 @@ def test_two_processes_compute_what_one_process_computes(two_processes, tmp_path
         for key in ("train_loss", "val_loss"):
             assert epoch_two[key] == pytest.approx(epoch_one[key], rel=METRIC_RTOL), key
         assert epoch_two["train_acc"] == epoch_one["train_acc"]  # over all 64 images, not 32
+    torch.testing.assert_close(
+        b["orderer"]["logits"], a["orderer"]["logits"], atol=LOGITS_ATOL, rtol=0
+    )
+
+
+def test_draws_per_image_on_two_processes_are_one_process_draws(tmp_path):
+    """Plackett-Luce with a permutation per image: each rank samples its part of the global
+    batch's permutations, so the run is one process's (on the CPU, which draws in sequence)."""
+    run = [*RUN[:-4], "method=plackett_luce", "estimator.options.samples=image", *RUN[-3:]]
+    assert "method=plackett_luce_rloo" not in run and "estimator.tau.min=0.1" in run
+    done = torchrun(tmp_path / "two", run=run)
+    two = json.loads(done.stdout.strip().splitlines()[-1])
+    one = train_module.train(compose_config([*run, f"output_dir={tmp_path / 'one'}"]))
+    assert two["world_size"] == 2 and one["steps"] == two["steps"]
+    assert one["order"] == two["order"] and one["val_acc"] == two["val_acc"]
+    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=METRIC_RTOL)
+    a, b = load(tmp_path / "one" / "checkpoint.pt"), load(tmp_path / "two" / "checkpoint.pt")
     torch.testing.assert_close(
         b["orderer"]["logits"], a["orderer"]["logits"], atol=LOGITS_ATOL, rtol=0
     )
@@ -181,3 +199,30 @@ def test_each_rank_validates_its_part_and_the_sums_are_one_process_metrics(tmp_p
     assert eval_order(2, 8, 0, 4) == [] and [len(b) for b in eval_order(2, 8, 1, 4)] == [1]
     with pytest.raises(ValueError, match=r"0 <= rank < world_size but got rank=2, world_size=2"):
         eval_order(4, 2, 2, 2)
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [("plackett_luce", {"samples": "image"}), ("gumbel_sinkhorn", {"samples": "image"}),
+     ("saliency", {"dim": 6, "relaxation": "plackett_luce", "feature_blocks": 0})],
+)  # fmt: skip
+def test_per_image_draws_are_each_ranks_part_of_one_process_draws(name, options):
+    """Draws per image under DDP: rank r's images get rank r's part of the whole batch's draws
+    (before, every rank drew what rank 0 drew), and every rank's random state moves alike."""
+    tokens = torch.randn(8, 5, 6, generator=torch.Generator().manual_seed(0))  # (B, N, D)
+
+    def forward(part, rows):
+        torch.manual_seed(3)
+        est = create_estimator(name, num_tokens=5, tau=0.5, **options)
+        est.part = part
+        out = est(tokens[rows])
+        return out, torch.get_rng_state()
+
+    whole, state = forward((0, 1), slice(None))
+    halves = [forward((rank, 2), slice(4 * rank, 4 * rank + 4)) for rank in (0, 1)]
+    assert torch.equal(torch.cat([out.index for out, _ in halves]), whole.index)
+    assert not torch.equal(halves[0][0].index, halves[1][0].index)  # the parts differ
+    if whole.soft is not None:  # Gumbel-Sinkhorn: each image's noise, each image's Sinkhorn
+        soft = torch.cat([out.soft for out, _ in halves])
+        torch.testing.assert_close(soft, whole.soft, rtol=0, atol=1e-6)
+    assert all(torch.equal(rank_state, state) for _, rank_state in halves)
