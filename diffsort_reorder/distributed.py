@@ -180,6 +180,9 @@ class _Gather(torch.autograd.Function):
 
 
 def close() -> None:
-    """Leave the process group, if this process joined one."""
+    """Leave the process group, if this process joined one, once every rank has come here (no
+    rank tears its connections down while another still finishes a collective). For a run that
+    ended well: a failed rank leaves without it, and torchrun stops the others."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
