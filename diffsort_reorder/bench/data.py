@@ -83,8 +83,8 @@ class PlainDecoders:
         self.count, self.pool = count, None
         _keep(dataset)
         if count:
-            context = multiprocessing.get_context("fork")  # the dataset as it is, not pickled
-            self.pool = context.Pool(count, initializer=_keep, initargs=(dataset,))
+            context = multiprocessing.get_context("fork")  # inherits _dataset, not pickled
+            self.pool = context.Pool(count)
             self.pool.map(_decode, [[]] * count)  # every process up before the first timing
 
     def rate(self) -> float:

@@ -88,10 +88,11 @@ class SharedEpoch(Dataset):
                 if decoded is not None:
                     self.done[decoded] += 1
                 item, sent = self.state[CLAIMED : SENT + 1].tolist()
-                claim = item < sent and (tail or int(self.done[b]) < hi - lo)
+                finished = int(self.done[b]) == hi - lo
+                claim = item < sent and (tail or not finished)
                 if claim:
                     self.state[CLAIMED] = item + 1
-                elif int(self.done[b]) == hi - lo:
+                elif finished:
                     break
             if claim:
                 decoded = self._decode(item, own=False)
@@ -135,9 +136,7 @@ class SharedEpoch(Dataset):
         except Exception:
             if own:
                 raise
-            self.failed[item] = True
-        else:
-            self.failed[item] = False
+            self.failed[item] = True  # (start() clears the flags; an image is claimed once)
         return b
 
     def _check_main_alive(self) -> None:
