@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.resources
 import os
 import sys
 from collections.abc import Callable
@@ -24,6 +23,8 @@ from hydra.errors import (
 )
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from .config import group_names
 
 FULL_ERROR = "DIFFSORT_FULL_ERROR"
 EXIT_BAD_INPUT = 2
@@ -82,14 +83,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def group_options(config_name: str) -> dict[str, list[str]]:
     """The config files of each group ``config_name`` composes, as ``group=<name>`` takes them."""
-    root = importlib.resources.files("diffsort_reorder.configs")
-    found = {
-        group: [p.name for p in root.joinpath(group).iterdir()] for group in GROUPS[config_name]
-    }
-    return {
-        group: sorted(n[:-5] for n in names if n.endswith(".yaml"))
-        for group, names in found.items()
-    }
+    return {group: group_names(group) for group in GROUPS[config_name]}
 
 
 def usage(prog: str, summary: str, config_name: str) -> str:

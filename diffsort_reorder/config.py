@@ -6,13 +6,14 @@ so a run composes the same config from a checkout or from an installed wheel.
 
 ``method=<estimator>`` also selects the config group ``estimator=<estimator>`` (its learning rate,
 temperature schedule, starting order and hyper-parameters) unless ``estimator=`` is given; a prior
-named by ``method=`` or ``estimator.init=`` selects its group (``prior=compression`` or
-``prior=collapse``, with its settings) likewise.
+named by ``method=`` or ``estimator.init=`` selects its group (``prior=compression_prior`` or
+``prior=collapse_prior``, with its settings) likewise: a group's files are named as the methods.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import json
 
 from hydra import compose, initialize_config_module
@@ -21,26 +22,43 @@ from omegaconf import DictConfig, OmegaConf
 
 from estimators import list_estimators
 
-PRIOR_GROUPS = {"compression_prior": "compression", "collapse_prior": "collapse"}  # configs/prior
 CONFIG_MODULE = "diffsort_reorder.configs"
 # Trainer keys that may differ when a run resumes: how it is driven, not what it computes.
 RUNTIME_KEYS = ("resume", "stop_after_epochs", "progress", "log_dir", "num_workers")
 
 
+def comparable(data: dict) -> dict:
+    """A config (as a dict) without what may differ between runs of the same config: its
+    ``output_dir`` and the trainer's runtime keys. The one definition of "the same config", for
+    run folders (:func:`config_digest`) and resuming (:func:`same_config`)."""
+    data = {k: v for k, v in data.items() if k != "output_dir"}
+    if isinstance(data.get("trainer"), dict):
+        data["trainer"] = {k: v for k, v in data["trainer"].items() if k not in RUNTIME_KEYS}
+    return data
+
+
+def same_config(a: dict, b: dict) -> bool:
+    """Whether the resolved configs ``a`` and ``b`` describe the same run."""
+    return comparable(a) == comparable(b)
+
+
 def config_digest(*, _root_: DictConfig) -> str:
-    """``${config_digest:}``: 8 hex digits of the resolved config, leaving out ``output_dir``
-    and the trainer's runtime keys, so that the default run directory of one config is always
-    the same (a repeated command resumes) and differs between configs."""
-    data = OmegaConf.to_container(_root_, resolve=False)
-    data.pop("output_dir", None)
-    for key in RUNTIME_KEYS:
-        data.get("trainer", {}).pop(key, None)
+    """``${config_digest:}``: 8 hex digits of the resolved config (:func:`comparable`), so that
+    the default run directory of one config is always the same (a repeated command resumes) and
+    differs between configs."""
+    data = comparable(OmegaConf.to_container(_root_, resolve=False))
     resolved = OmegaConf.to_container(OmegaConf.create(data), resolve=True)
     text = json.dumps(resolved, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 OmegaConf.register_new_resolver("config_digest", config_digest, replace=True)
+
+
+def group_names(group: str) -> list[str]:
+    """The config files of ``group`` (``configs/<group>/*.yaml``), as ``group=`` takes them."""
+    folder = importlib.resources.files(CONFIG_MODULE).joinpath(group)
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
 def value_of(overrides: list[str], key: str) -> str | None:
@@ -59,10 +77,11 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
     method = value_of(overrides, "method")
     if method in list_estimators() and value_of(overrides, "estimator") is None:
         overrides.append(f"estimator={method}")
-    prior = method if method in PRIOR_GROUPS else value_of(overrides, "estimator.init")
-    if prior in PRIOR_GROUPS and value_of(overrides, "prior") is None:
-        overrides.append(f"prior={PRIOR_GROUPS[prior]}")
-    # Inside a @hydra.main app (the study) Hydra is initialized already: compose beside it.
+    priors = group_names("prior")
+    prior = method if method in priors else value_of(overrides, "estimator.init")
+    if prior in priors and value_of(overrides, "prior") is None:
+        overrides.append(f"prior={prior}")
+    # Hydra may be initialized already (a caller's own app): compose beside it.
     outer = GlobalHydra.instance().hydra
     GlobalHydra.instance().clear()
     try:

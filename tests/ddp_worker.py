@@ -5,7 +5,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from diffsort_reorder.distributed import World, close
+from diffsort_reorder.run.distributed import World, close
 from estimators import create_estimator
 from estimators.plackett_luce import _log_prob
 
@@ -64,7 +64,8 @@ def evaluation(rank: int, store: str, out_dir: str, overrides: list[str]) -> Non
     import os
 
     from diffsort_reorder.config import compose_config
-    from diffsort_reorder.run import evaluate, prepare_run
+    from diffsort_reorder.run.build import prepare_run
+    from diffsort_reorder.run.evaluate import evaluate
 
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)

@@ -153,7 +153,7 @@ def test_gpu_benchmark_runs_the_base_size_configs(tmp_path):
     from diffsort_reorder.bench.data import write_photo_folder
     from diffsort_reorder.bench.gpu import run_overrides, training_row
     from diffsort_reorder.config import compose_config
-    from diffsort_reorder.config_checks import check_config
+    from diffsort_reorder.run.checks import check_config
 
     cfg = compose_config([*run_overrides(tmp_path, "mamba", 64, "cpu"), "output_dir=/dev/null"])
     check_config(cfg)

@@ -10,14 +10,16 @@ from pathlib import Path
 import pytest
 from tiny_runs import TINY
 
-from diffsort_reorder import study as study_module
-from diffsort_reorder import train as train_module
 from diffsort_reorder.cli import EXIT_BAD_INPUT, FULL_ERROR
 from diffsort_reorder.config import compose_config
 from diffsort_reorder.priors.__main__ import main as priors_main
+from diffsort_reorder.run import cli as train_cli
+from diffsort_reorder.run import loop as train_loop
+from diffsort_reorder.study import cli as study_cli
+from diffsort_reorder.study import study as study_module
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = {"train": train_module.main, "study": study_module.main, "priors": priors_main}
+COMMANDS = {"train": train_cli.main, "study": study_cli.main, "priors": priors_main}
 ESTIMATOR = ["method=softsort", "trainer.epochs=8"]  # its curriculum: 2 fixed + 6 policy epochs
 
 CASES = [
@@ -27,7 +29,7 @@ CASES = [
     ("train", ["data=mnist"], r"data=mnist: no such data config; choose one of: cifar10, "),
     ("train", ["estimator=adam"], r"estimator=adam: no such estimator config; choose one of: "),
     ("train", ["trainer=fast"], r"trainer=fast: no such trainer config; choose one of: debug, "),
-    ("priors", ["prior=entropy"], r"prior=entropy: no such prior config; choose one of: collapse"),
+    ("priors", ["prior=entropy"], r"prior=entropy: no such prior config; choose one of: collap"),
     ("study", ["study=huge"], r"study=huge: no such study config; choose one of: backbones, "),
     ("train", ["trainer.lr=abc"], r"'trainer.lr' should be a number > 0 but got 'abc'"),
     ("train", ["trainer.lr=0"], r"'trainer.lr' should be a number > 0 but got 0"),
@@ -70,7 +72,7 @@ CASES = [
 def test_bad_input_ends_in_one_line(tmp_path, monkeypatch, capsys, command, overrides, pattern):
     monkeypatch.chdir(tmp_path)  # default output folders land here, if anything is written
     monkeypatch.delenv(FULL_ERROR, raising=False)
-    monkeypatch.setattr(train_module, "train", forbidden)
+    monkeypatch.setattr(train_cli, "train", forbidden)
     monkeypatch.setattr(study_module, "train", forbidden)
     with pytest.raises(SystemExit) as stop:
         COMMANDS[command](overrides)
@@ -88,7 +90,7 @@ def forbidden(*args, **kwargs):
 def test_the_full_error_switch_shows_the_exception(monkeypatch):
     monkeypatch.setenv(FULL_ERROR, "1")
     with pytest.raises(ValueError, match="'trainer.epochs' should be an integer >= 1"):
-        train_module.main(["trainer.epochs=0"])
+        train_cli.main(["trainer.epochs=0"])
 
 
 def test_the_command_line_prints_no_traceback(tmp_path):
@@ -103,12 +105,12 @@ def test_the_command_line_prints_no_traceback(tmp_path):
 
 def test_help_and_cfg_answer_without_running(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(train_module, "train", forbidden)
-    train_module.main(["--help"])
+    monkeypatch.setattr(train_cli, "train", forbidden)
+    train_cli.main(["--help"])
     out = capsys.readouterr().out
     assert out.startswith("usage: diffsort-train [key=value ...]")
     assert "backbone: local, mamba, txl, vit" in out
-    train_module.main(["--cfg", "trainer.epochs=3"])
+    train_cli.main(["--cfg", "trainer.epochs=3"])
     assert "  epochs: 3\n" in capsys.readouterr().out
     assert not (tmp_path / "outputs").exists()
 
@@ -129,18 +131,18 @@ def test_the_default_run_folder_is_one_per_config():
 
 def test_a_repeated_command_resumes_and_another_config_does_not_collide(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    train_module.main([*TINY, "trainer.stop_after_epochs=1"])
+    train_cli.main([*TINY, "trainer.stop_after_epochs=1"])
     (first,) = (tmp_path / "outputs" / "train").iterdir()
     assert json.loads((first / "result.json").read_text())["epochs"] == 1
-    epochs, train_epoch = [], train_module.train_epoch
+    epochs, train_epoch = [], train_loop.train_epoch
     monkeypatch.setattr(
-        train_module,
+        train_loop,
         "train_epoch",
         lambda run, epoch, *a: epochs.append(epoch) or train_epoch(run, epoch, *a),
     )
-    train_module.main(TINY)  # the same command, to the end: resumes at epoch 1
+    train_cli.main(TINY)  # the same command, to the end: resumes at epoch 1
     assert epochs == [1]
     result = json.loads((first / "result.json").read_text())
     assert result["finished"] and result["epochs"] == 2
-    train_module.main([*TINY, "data.patch_size=2"])  # another config, another folder
+    train_cli.main([*TINY, "data.patch_size=2"])  # another config, another folder
     assert len(list((tmp_path / "outputs" / "train").iterdir())) == 2

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from tiny_runs import tiny
 
 from diffsort_reorder.data import batches, patchify
-from diffsort_reorder.run import build_run, order_tokens
-from diffsort_reorder.runtime import seed_everything
-from diffsort_reorder.train import train, train_step
+from diffsort_reorder.run.build import build_run, order_tokens
+from diffsort_reorder.run.loop import train, train_step
+from diffsort_reorder.run.runtime import seed_everything
 
 POLICY = [
     "trainer.grad_clip=0.5",

@@ -14,8 +14,8 @@ import pytest
 from optuna.trial import TrialState
 from postgres import free_port
 
-from diffsort_reorder.storage import open_locks
-from diffsort_reorder.study import Study
+from diffsort_reorder.study.storage import open_backend
+from diffsort_reorder.study.study import Study
 
 ROOT = Path(__file__).resolve().parent.parent
 # A small study: one fixed order and one learned method, curriculum only, no pruning.
@@ -82,9 +82,9 @@ def test_workers_opening_a_fresh_database_at_once_all_start(postgres_url):
     DuplicateTable (4 or 5 of 6 without the turn). Six processes, each ready with Optuna
     imported, are released together to open one fresh database."""
     script = (
-        "import sys; from diffsort_reorder.storage import open_storage, RunRecords\n"
-        "print('ready', flush=True); sys.stdin.readline()\n"
-        f"RunRecords(open_storage({postgres_url!r}), 'race')\n"
+        "import sys; from pathlib import Path; from diffsort_reorder.study.storage import "
+        "open_backend\nprint('ready', flush=True); sys.stdin.readline()\n"
+        f"open_backend({postgres_url!r}, Path('.')).records('race')\n"
     )
     workers = [subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -135,13 +135,14 @@ def test_a_killed_holders_lock_is_released(tmp_path, request, kind):
            "sqlite": lambda: f"sqlite:///{tmp_path / 'study.db'}",
            "journal": lambda: str(tmp_path / "journal.log")}[kind]()  # fmt: skip
     script = (
-        "import sys, time; from pathlib import Path; from diffsort_reorder.storage import "
-        f"open_locks\nwith open_locks({url!r}, 's', Path({str(tmp_path)!r})).hold('run/x'):\n"
+        "import sys, time; from pathlib import Path; from diffsort_reorder.study.storage import "
+        f"open_backend\nwith open_backend({url!r}, Path({str(tmp_path)!r})).locks('s')"
+        ".hold('run/x'):\n"
         "    print('held', flush=True); time.sleep(600)\n"
     )
     holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
-    locks = open_locks(url, "s", tmp_path)
+    locks = open_backend(url, tmp_path).locks("s")
     with locks.hold("run/x", wait=False) as held:
         assert not held
     holder.send_signal(signal.SIGKILL)

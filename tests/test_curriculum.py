@@ -6,11 +6,11 @@ import pytest
 import torch
 from tiny_runs import tiny
 
-from diffsort_reorder import train as train_module
-from diffsort_reorder.checkpoint import load
-from diffsort_reorder.run import prepare_run
-from diffsort_reorder.schedules import tau_at
-from diffsort_reorder.train import train
+from diffsort_reorder.files import load
+from diffsort_reorder.run import loop as train_module
+from diffsort_reorder.run.build import prepare_run
+from diffsort_reorder.run.loop import train
+from diffsort_reorder.run.schedules import tau_at
 
 # One epoch per phase: fixed, policy, frozen; 64 images in batches of 16 -> 4 steps per epoch.
 CURRICULUM = [
@@ -40,7 +40,7 @@ def test_orderer_trains_only_in_the_policy_phase(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "train_step", recording_step)
     cfg = tiny(tmp_path, *CURRICULUM)
     result = train(cfg)
-    assert result["finished"] and [s["step"] for s in seen] == list(range(3 * STEPS))
+    assert result.finished and [s["step"] for s in seen] == list(range(3 * STEPS))
     for s in seen:
         policy = PHASES[s["epoch"]] == "policy"
         assert s["orderer"] == policy, s  # eval (the hard order) in the fixed and frozen phases
@@ -57,7 +57,7 @@ def test_orderer_trains_only_in_the_policy_phase(tmp_path, monkeypatch):
 def test_resume_restores_tau_from_the_checkpoint(tmp_path):
     cut = tiny(tmp_path, *CURRICULUM, "trainer.stop_after_epochs=2")  # after the policy epoch
     run = prepare_run(cut)
-    assert train(cut, run=run)["epochs"] == 2
+    assert train(cut, run=run).epochs == 2
     est = cut.estimator.tau
     last_policy_tau = tau_at(STEPS - 1, STEPS, est.schedule, est.max, est.min)
     assert run.orderer.tau == pytest.approx(last_policy_tau, rel=1e-12)
@@ -66,7 +66,7 @@ def test_resume_restores_tau_from_the_checkpoint(tmp_path):
     resumed = prepare_run(resumed_cfg)
     assert resumed.orderer.tau != pytest.approx(last_policy_tau)  # a fresh orderer's tau
     result = train(resumed_cfg, run=resumed)
-    assert result["finished"] and result["epochs"] == 3
+    assert result.finished and result.epochs == 3
     # The frozen epoch sets no tau: the orderer keeps the one the checkpoint restored.
     assert resumed.orderer.tau == pytest.approx(last_policy_tau, rel=1e-12)
     assert load(tmp_path / "checkpoint.pt")["tau"] == pytest.approx(last_policy_tau, rel=1e-12)

@@ -17,12 +17,16 @@ import torch.multiprocessing as mp
 from ddp_worker import evaluation, surrogate_gradients
 from tiny_runs import TINY, tiny
 
-from diffsort_reorder import train as train_module
-from diffsort_reorder.checkpoint import load
 from diffsort_reorder.config import compose_config
-from diffsort_reorder.config_checks import check_config
 from diffsort_reorder.data.loading import batch_order, eval_order
-from diffsort_reorder.distributed import World
+from diffsort_reorder.files import load
+from diffsort_reorder.run import cli as train_cli
+from diffsort_reorder.run import loop as train_module
+from diffsort_reorder.run.build import prepare_run
+from diffsort_reorder.run.checks import check_config
+from diffsort_reorder.run.distributed import World
+from diffsort_reorder.run.evaluate import evaluate
+from diffsort_reorder.run.result import RunResult
 from estimators import create_estimator
 
 # A 2-process run against one process on the same global batches, float32: the global mean is a
@@ -63,19 +67,20 @@ def two_processes(tmp_path_factory):
 def test_a_two_process_run_prints_one_result_with_its_world_size(two_processes):
     out, lines = two_processes
     assert len(lines) == 1  # rank 0 alone prints, writes the result and TensorBoard
-    result = lines[0]
-    assert result["finished"] and result["world_size"] == 2 and result["steps"] == 12
-    assert json.loads((out / "result.json").read_text()) == result
+    result = RunResult.from_json(lines[0])
+    assert result.finished and result.world_size == 2 and result.steps == 12
+    assert json.loads((out / "result.json").read_text()) == lines[0]
     writers = {p.name.split(".")[-2] for p in (out / "tb").glob("events.out.tfevents.*")}
     assert len(writers) == 1  # one process id: rank 0's
 
 
 def test_two_processes_compute_what_one_process_computes(two_processes, tmp_path):
-    out, (two,) = two_processes
+    out, (printed,) = two_processes
+    two = RunResult.from_json(printed)
     one = train_module.train(compose_config([*RUN, f"output_dir={tmp_path}"]))
-    assert one["world_size"] == 1 and one["steps"] == two["steps"]
-    assert one["order"] == two["order"] and one["val_acc"] == two["val_acc"]
-    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=METRIC_RTOL)
+    assert one.world_size == 1 and one.steps == two.steps
+    assert one.order == two.order and one.val_acc == two.val_acc
+    assert two.val_loss == pytest.approx(one.val_loss, rel=METRIC_RTOL)
     a, b = load(tmp_path / "checkpoint.pt"), load(out / "checkpoint.pt")
     for epoch_one, epoch_two in zip(a["history"], b["history"], strict=True):
         for key in ("train_loss", "val_loss"):
@@ -92,11 +97,11 @@ def test_draws_per_image_on_two_processes_are_one_process_draws(tmp_path):
     run = [*RUN[:-4], "method=plackett_luce", "estimator.options.samples=image", *RUN[-3:]]
     assert "method=plackett_luce_rloo" not in run and "estimator.tau.min=0.1" in run
     done = torchrun(tmp_path / "two", run=run)
-    two = json.loads(done.stdout.strip().splitlines()[-1])
+    two = RunResult.from_json(json.loads(done.stdout.strip().splitlines()[-1]))
     one = train_module.train(compose_config([*run, f"output_dir={tmp_path / 'one'}"]))
-    assert two["world_size"] == 2 and one["steps"] == two["steps"]
-    assert one["order"] == two["order"] and one["val_acc"] == two["val_acc"]
-    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=METRIC_RTOL)
+    assert two.world_size == 2 and one.steps == two.steps
+    assert one.order == two.order and one.val_acc == two.val_acc
+    assert two.val_loss == pytest.approx(one.val_loss, rel=METRIC_RTOL)
     a, b = load(tmp_path / "one" / "checkpoint.pt"), load(tmp_path / "two" / "checkpoint.pt")
     torch.testing.assert_close(
         b["orderer"]["logits"], a["orderer"]["logits"], atol=LOGITS_ATOL, rtol=0
@@ -107,8 +112,8 @@ def test_a_stopped_two_process_run_resumes_to_the_uninterrupted_result(two_proce
     out, (full,) = two_processes
     torchrun(tmp_path, "trainer.stop_after_epochs=1")
     assert load(tmp_path / "checkpoint.pt")["epoch"] == 1
-    resumed = json.loads(torchrun(tmp_path).stdout.strip().splitlines()[-1])
-    assert resumed["finished"] and resumed["world_size"] == 2
+    resumed = RunResult.from_json(json.loads(torchrun(tmp_path).stdout.strip().splitlines()[-1]))
+    assert resumed.finished and resumed.world_size == 2
     for key in ("val_acc", "val_loss", "best_val_acc", "steps", "order"):
         assert resumed[key] == full[key], key
     a, b = load(out / "checkpoint.pt"), load(tmp_path / "checkpoint.pt")
@@ -120,7 +125,7 @@ def test_a_stopped_two_process_run_resumes_to_the_uninterrupted_result(two_proce
 def test_a_batch_size_the_world_size_does_not_divide_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; refused before any group forms
     with pytest.raises(SystemExit) as stop:
-        train_module.main([*TINY, f"output_dir={tmp_path}", "trainer.batch_size=15"])
+        train_cli.main([*TINY, f"output_dir={tmp_path}", "trainer.batch_size=15"])
     assert stop.value.code == 2 and not dist.is_initialized()
     err = capsys.readouterr().err.strip()
     assert err == (
@@ -186,7 +191,7 @@ def test_each_rank_validates_its_part_and_the_sums_are_one_process_metrics(tmp_p
     mp.spawn(evaluation, args=(str(tmp_path / "store"), str(tmp_path), overrides), nprocs=2)
     ranks = [torch.load(tmp_path / f"eval{r}.pt") for r in range(2)]
     assert [r["images"] for r in ranks] == [16, 17]
-    one = train_module.evaluate(train_module.prepare_run(compose_config(overrides)))
+    one = evaluate(prepare_run(compose_config(overrides)))
     assert ranks[0]["metrics"] == ranks[1]["metrics"]
     got = ranks[0]["metrics"]
     assert got.keys() == one.keys() == {"val_loss", "val_acc", "key_recall"}

@@ -15,8 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {
-    "diffsort-study": "diffsort_reorder.study:console",
-    "diffsort-train": "diffsort_reorder.train:console",
+    "diffsort-study": "diffsort_reorder.study.cli:console",
+    "diffsort-train": "diffsort_reorder.run.cli:console",
     "diffsort-priors": "diffsort_reorder.priors.__main__:console",
     "diffsort-bench": "diffsort_reorder.bench.__main__:console",
 }
@@ -99,8 +99,9 @@ def test_the_installed_package_runs_from_any_folder(installed, tmp_path):
     }
 
     prior = command(installed, tmp_path, sys.executable, "-m", "diffsort_reorder.priors",
-                    "prior=compression", "data.options.num_train=64", "data.options.grid_size=4",
-                    "prior.options.max_images=64", "prior.options.codebook_size=8")  # fmt: skip
+                    "prior=compression_prior", "data.options.num_train=64",
+                    "data.options.grid_size=4", "prior.options.max_images=64",
+                    "prior.options.codebook_size=8")  # fmt: skip
     assert prior.returncode == 0, prior.stderr[-3000:]
     assert json.loads(prior.stdout.strip().splitlines()[-1])["prior"] == "compression_prior"
 

@@ -13,13 +13,13 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 
 from diffsort_reorder.config import compose_config
-from diffsort_reorder.config_checks import check_config
 from diffsort_reorder.data import BatchLoader, LazyImageDataset, batches, create_dataset, slots
 from diffsort_reorder.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 from diffsort_reorder.data.loading import batch_order
 from diffsort_reorder.data.slots import SharedEpoch
 from diffsort_reorder.priors import prior_images
-from diffsort_reorder.train import train
+from diffsort_reorder.run.checks import check_config
+from diffsort_reorder.run.loop import train
 
 GREY_LEVEL = 1 / 255 / min(IMAGENET_STD)  # one uint8 step, normalised
 

@@ -10,8 +10,8 @@ import torch
 from omegaconf import OmegaConf
 from tiny_runs import tiny
 
-from diffsort_reorder.runtime import use_amp
-from diffsort_reorder.train import train
+from diffsort_reorder.run.loop import train
+from diffsort_reorder.run.runtime import use_amp
 from estimators import create_estimator, list_estimators
 from estimators.registry import ESTIMATORS
 
@@ -120,7 +120,7 @@ CURRICULUM = ["trainer.epochs=2", "trainer.curriculum.fixed_epochs=1"]
 )  # fmt: skip
 def test_amp_training_run_on_cpu(tmp_path, method):
     result = train(tiny(tmp_path, *CURRICULUM, f"method={method}", "trainer.amp=true"))
-    assert result["finished"] and math.isfinite(result["val_loss"])
+    assert result.finished and math.isfinite(result.val_loss)
     reference = train(tiny(tmp_path / "fp32", *CURRICULUM, f"method={method}"))
     # bf16 training is not bit-identical, but it learns the same task on the same data.
-    assert abs(result["val_loss"] - reference["val_loss"]) < 0.5
+    assert abs(result.val_loss - reference.val_loss) < 0.5

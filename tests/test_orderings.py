@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from diffsort_reorder.orderings import (
+from diffsort_reorder.orders.scans import (
     ORDERINGS,
     inverse_order,
     list_orders,

@@ -5,11 +5,11 @@ that order it without an N x N matrix."""
 import pytest
 import torch
 
-from diffsort_reorder import train as train_module
 from diffsort_reorder.config import compose_config
 from diffsort_reorder.data import patchify
-from diffsort_reorder.study import Study
-from diffsort_reorder.train import train
+from diffsort_reorder.run.build import order_tokens, prepare_run
+from diffsort_reorder.run.loop import train
+from diffsort_reorder.study.study import Study
 from estimators import create_estimator
 
 PIXELS = [
@@ -48,18 +48,18 @@ def pixel_run(tmp_path, grid, backbone, *overrides):
 )
 def test_one_pixel_per_token_trains_end_to_end(tmp_path, backbone, grid, method, extra):
     cfg = pixel_run(tmp_path, grid, backbone, f"method={method}", *extra)
-    run = train_module.prepare_run(cfg)
+    run = prepare_run(cfg)
     n = grid * grid
     assert run.orderer.num_tokens == n
     run.orderer.train()
-    out, _ = train_module.order_tokens(run, patchify(run.train_set.images[:2], 1))
+    out, _ = order_tokens(run, patchify(run.train_set.images[:2], 1))
     assert out.tokens.shape[:2] == (2, n)
     assert out.soft is None  # nothing N x N anywhere
     before = {k: v.clone() for k, v in run.orderer.named_parameters()}
     result = train(cfg, run=run)
-    assert result["finished"] and result["grid"] == [grid, grid]
+    assert result.finished and result.grid == [grid, grid]
     if method != "saliency":
-        assert torch.equal(torch.tensor(result["order"]).sort().values, torch.arange(n))
+        assert torch.equal(torch.tensor(result.order).sort().values, torch.arange(n))
     moved = [k for k, v in run.orderer.named_parameters() if not torch.equal(v, before[k])]
     assert moved  # the policy epoch learned something
 

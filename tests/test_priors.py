@@ -8,10 +8,10 @@ import torch
 
 from diffsort_reorder.config import compose_config
 from diffsort_reorder.data import unpatchify
-from diffsort_reorder.priors import collapse_prior, compression_prior, pagerank
+from diffsort_reorder.priors import PRIORS, collapse_prior, compression_prior, pagerank
 from diffsort_reorder.priors import compression as compression_module
 from diffsort_reorder.priors.__main__ import main as priors_main
-from diffsort_reorder.run import build_run
+from diffsort_reorder.run.build import build_run
 
 ALL_ORDERS = ("row_major", "column_major", "hilbert", "spiral", "diagonal", "snake", "z_order")
 
@@ -177,12 +177,14 @@ def test_priors_are_methods_and_estimator_starting_orders(tmp_path, monkeypatch,
     assert len(list((tmp_path / "priors").glob("*.pt"))) == 1  # computed once, then cached
 
 
-@pytest.mark.parametrize("prior", ["compression", "collapse"])
+@pytest.mark.parametrize("prior", list(PRIORS))
 def test_cli_prints_the_table_and_writes_the_order(tmp_path, capsys, prior):
     overrides = [f"prior={prior}", f"output_dir={tmp_path}", "data.options.num_train=64",
                  "data.options.grid_size=4", "prior.options.max_images=64"]  # fmt: skip
     overrides.append(
-        "prior.options.codebook_size=8" if prior == "compression" else "prior.options.steps=20"
+        "prior.options.codebook_size=8"
+        if prior == "compression_prior"
+        else "prior.options.steps=20"
     )
     result = priors_main(overrides)
     out = capsys.readouterr().out

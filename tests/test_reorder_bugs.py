@@ -2,7 +2,7 @@
 
 import torch
 
-from diffsort_reorder.schedules import tau_at
+from diffsort_reorder.run.schedules import tau_at
 from estimators import create_estimator, plackett_luce_log_prob, ramp_scores
 
 

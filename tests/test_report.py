@@ -12,8 +12,9 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from diffsort_reorder.config import compose_config
-from diffsort_reorder.report import summarize, write_report
-from diffsort_reorder.stats import paired_delta
+from diffsort_reorder.run.result import RunResult
+from diffsort_reorder.study.report import summarize, write_report
+from diffsort_reorder.study.stats import paired_delta
 
 TOL = 1e-12
 # Per seed (val_acc, best_val_acc): the two metrics disagree on every mean and on which fixed
@@ -27,16 +28,16 @@ RUNS = {
 FAILURE = "FloatingPointError: non-finite loss 1e+40 at epoch 0, step 3"
 
 
-def run_result(tmp_path, method, seed, val_acc, best_val_acc) -> dict:
-    """What ``train`` returns for a finished run, with the keys the report reads."""
+def run_result(tmp_path, method, seed, val_acc, best_val_acc) -> RunResult:
+    """What ``train`` returns for a finished run."""
     out = tmp_path / "train" / "txl" / method / f"seed-{seed}"
-    return {
-        "val_acc": val_acc, "best_val_acc": best_val_acc, "seed": seed, "data": "planted",
-        "key_recall": 0.25 * seed, "key_patches": [0, 5], "train_seconds": 2.0 * seed,
-        "grid": [4, 4], "order": list(range(16))[::-1] if method == "softsort" else list(range(16)),
-        "example_order": None, "output_dir": str(out), "finished": True,
-        "code_version": "abc1234",
-    }  # fmt: skip
+    return RunResult(
+        val_acc=val_acc, best_val_acc=best_val_acc, seed=seed, data="planted",
+        key_recall=0.25 * seed, key_patches=[0, 5], train_seconds=2.0 * seed,
+        grid=[4, 4], order=list(range(16))[::-1] if method == "softsort" else list(range(16)),
+        example_order=None, output_dir=str(out), finished=True, code_version="abc1234",
+        method=method, backbone="txl",
+    )  # fmt: skip
 
 
 def results(tmp_path) -> dict:
@@ -44,7 +45,7 @@ def results(tmp_path) -> dict:
     for method, seeds in RUNS.items():
         runs = [run_result(tmp_path, method, s, *accs) for s, accs in seeds.items()]
         if method == "diagonal":
-            runs.append({"failed": FAILURE, "seed": 3, "wall_seconds": 0.1})
+            runs.append(RunResult(seed=3, failed=FAILURE, wall_seconds=0.1))
         out["curriculum", "txl", method] = runs
     return out
 

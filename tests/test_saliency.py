@@ -6,8 +6,8 @@ from tiny_runs import TINY as SHARED_TINY
 
 from diffsort_reorder.config import compose_config
 from diffsort_reorder.data import create_dataset, patchify
-from diffsort_reorder.run import build_run, order_tokens
-from diffsort_reorder.train import train, train_step
+from diffsort_reorder.run.build import build_run, order_tokens
+from diffsort_reorder.run.loop import train, train_step
 from estimators import create_estimator
 
 # The shared tiny run, on the moving task, with segments of 8 patches.
@@ -31,7 +31,7 @@ def test_planted_moving_keys_move_and_are_marked():
 def test_one_tiny_training_epoch_and_per_image_eval_orders(tmp_path):
     cfg = compose_config([*TINY, "method=saliency", f"output_dir={tmp_path}", "trainer.epochs=1"])
     result = train(cfg)
-    assert result["finished"] and result["order"] is None and 0 <= result["val_acc"] <= 1
+    assert result.finished and result.order is None and 0 <= result.val_acc <= 1
     run = build_run(cfg)
     images = run.val_set.images[:8]
     run.model.eval()
@@ -128,7 +128,7 @@ def test_gradient_saliency_puts_the_marked_keys_where_a_trained_backbone_reads(t
     train(compose_config(overrides))
     probe_cfg = compose_config([*overrides, "method=saliency_gradient", "trainer.resume=false"])
     run = build_run(probe_cfg)
-    from diffsort_reorder.checkpoint import load
+    from diffsort_reorder.files import load
 
     run.model.load_state_dict(load(tmp_path / "checkpoint.pt")["model"])
     run.model.eval()
@@ -160,7 +160,7 @@ def test_attention_rollout_puts_the_marked_keys_last_on_a_trained_local_backbone
     ]
     train(compose_config(overrides))
     run = build_run(compose_config([*overrides, "method=saliency_attention"]))
-    from diffsort_reorder.checkpoint import load
+    from diffsort_reorder.files import load
 
     run.model.load_state_dict(load(tmp_path / "checkpoint.pt")["model"])
     run.model.eval()

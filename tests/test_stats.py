@@ -6,7 +6,7 @@ import statistics
 import numpy as np
 import pytest
 
-from diffsort_reorder.stats import BOOTSTRAP_FROM, RESAMPLES, interval, paired_delta
+from diffsort_reorder.study.stats import BOOTSTRAP_FROM, RESAMPLES, interval, paired_delta
 
 
 def test_paired_delta_pairs_by_seed():

@@ -14,11 +14,13 @@ from omegaconf import open_dict
 from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from diffsort_reorder import search as search_module
-from diffsort_reorder import space as space_module
-from diffsort_reorder import study as study_module
 from diffsort_reorder.config import compose_config
-from diffsort_reorder.study import Study, StudyStopped
+from diffsort_reorder.run.result import RunResult
+from diffsort_reorder.run.rundir import RunDir
+from diffsort_reorder.study import search as search_module
+from diffsort_reorder.study import space as space_module
+from diffsort_reorder.study import study as study_module
+from diffsort_reorder.study.study import Study, StudyStopped
 
 ROOT = Path(__file__).resolve().parent.parent
 NO_PRUNING = "study.pruner.name=none"
@@ -354,16 +356,15 @@ def fake_train(calls: list):
     def record(cfg, on_epoch=None):
         calls.append(cfg)
         grid = [4, 4]
-        result = {
-            "val_acc": 0.5 + cfg.seed / 100, "best_val_acc": 0.6 + cfg.seed / 100,
-            "val_loss": 1.0, "train_seconds": 0.1, "key_recall": None, "key_patches": None,
-            "steps": 1, "epochs": cfg.trainer.epochs, "finished": True, "method": cfg.method,
-            "backbone": cfg.backbone.name, "data": cfg.data.name, "seed": cfg.seed, "grid": grid,
-            "order": list(range(grid[0] * grid[1])), "example_order": None,
-            "output_dir": cfg.output_dir,
-        }  # fmt: skip
-        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.output_dir) / "result.json").write_text(json.dumps(result))
+        result = RunResult(
+            val_acc=0.5 + cfg.seed / 100, best_val_acc=0.6 + cfg.seed / 100,
+            val_loss=1.0, train_seconds=0.1, key_recall=None, key_patches=None,
+            steps=1, epochs=cfg.trainer.epochs, finished=True, method=cfg.method,
+            backbone=cfg.backbone.name, data=cfg.data.name, seed=cfg.seed, grid=grid,
+            order=list(range(grid[0] * grid[1])), example_order=None,
+            output_dir=cfg.output_dir,
+        )  # fmt: skip
+        RunDir(cfg.output_dir).write_result(result)
         return result
 
     return record

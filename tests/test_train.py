@@ -7,12 +7,14 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tiny_runs import TINY, tiny
 
-from diffsort_reorder import train as train_module
-from diffsort_reorder.checkpoint import load
 from diffsort_reorder.config import compose_config
-from diffsort_reorder.methods import list_methods
-from diffsort_reorder.schedules import lr_factor, phase_at
-from diffsort_reorder.train import train
+from diffsort_reorder.files import load
+from diffsort_reorder.orders.methods import list_methods
+from diffsort_reorder.run import cli as train_cli
+from diffsort_reorder.run import loop as train_module
+from diffsort_reorder.run.build import prepare_run
+from diffsort_reorder.run.loop import train
+from diffsort_reorder.run.schedules import lr_factor, phase_at
 from estimators import list_estimators
 
 
@@ -37,14 +39,14 @@ def test_method_selects_its_estimator_config():
 @pytest.mark.parametrize("method", list_estimators())
 def test_every_estimator_trains_one_tiny_epoch(tmp_path, method):
     cfg = tiny(tmp_path, f"method={method}", "trainer.epochs=1")
-    run = train_module.prepare_run(cfg)
+    run = prepare_run(cfg)
     before = {k: v.clone() for k, v in run.orderer.state_dict().items()}
     result = train(cfg, run=run)
-    assert result["finished"] and result["steps"] == 4 and 0.0 <= result["val_acc"] <= 1.0
-    if result["order"] is None:  # an order per image: none for the dataset
+    assert result.finished and result.steps == 4 and 0.0 <= result.val_acc <= 1.0
+    if result.order is None:  # an order per image: none for the dataset
         assert method == "saliency"
     else:
-        assert torch.equal(torch.tensor(result["order"]).sort().values, torch.arange(16))
+        assert torch.equal(torch.tensor(result.order).sort().values, torch.arange(16))
     state = load(tmp_path / "checkpoint.pt")
     init = state["orderer"]["init_order"]
     # The estimator's parameters are in the checkpoint, as they ended the run.
@@ -62,13 +64,13 @@ def test_every_estimator_trains_one_tiny_epoch(tmp_path, method):
 @pytest.mark.parametrize("method", ["row_major", "hilbert", "oracle", "spiral"])
 def test_fixed_orders_train(tmp_path, method):
     result = train(tiny(tmp_path, f"method={method}", "trainer.epochs=1"))
-    assert result["finished"]
+    assert result.finished
     if method == "oracle":
-        assert result["order"][-2:] == sorted(result["order"][-2:])  # the keys come last
+        assert result.order[-2:] == sorted(result.order[-2:])  # the keys come last
     # key_recall: the fraction of key patches in the last num_keys slots; the oracle's is 1.
-    keys = set(result["key_patches"])
-    assert len(keys) == 2 and result["key_recall"] == len(keys & set(result["order"][-2:])) / 2
-    assert (result["key_recall"] == 1.0) == (method == "oracle")
+    keys = set(result.key_patches)
+    assert len(keys) == 2 and result.key_recall == len(keys & set(result.order[-2:])) / 2
+    assert (result.key_recall == 1.0) == (method == "oracle")
 
 
 @pytest.mark.parametrize("backbone", ["vit", "local", "txl", "mamba"])
@@ -76,17 +78,17 @@ def test_every_backbone_trains(tmp_path, backbone):
     extra = {"txl": ["backbone.options.segment=8"], "mamba": ["backbone.options.d_state=4"]}
     extra = extra.get(backbone, [])
     result = train(tiny(tmp_path, f"backbone={backbone}", "trainer.epochs=1", *extra))
-    assert result["finished"] and result["backbone"] == backbone
+    assert result.finished and result.backbone == backbone
 
 
 def test_resume_gives_the_uninterrupted_result(tmp_path):
     full = train(tiny(tmp_path / "full", "method=plackett_luce"))
     partial = train(tiny(tmp_path / "cut", "method=plackett_luce", "trainer.stop_after_epochs=1"))
-    assert not partial["finished"] and partial["epochs"] == 1
+    assert not partial.finished and partial.epochs == 1
     resumed = train(tiny(tmp_path / "cut", "method=plackett_luce"))
-    assert resumed["finished"]
+    assert resumed.finished
     for key in ("val_acc", "val_loss", "best_val_acc", "steps", "order"):
-        assert resumed[key] == full[key], key
+        assert getattr(resumed, key) == getattr(full, key), key
     a, b = load(tmp_path / "full" / "checkpoint.pt"), load(tmp_path / "cut" / "checkpoint.pt")
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
@@ -160,7 +162,7 @@ def test_run_records_config_and_code_version(tmp_path):
 
 
 def test_cli_prints_metrics_as_the_last_line(tmp_path, capsys):
-    train_module.main([*TINY, f"output_dir={tmp_path}", "trainer.epochs=1"])
+    train_cli.main([*TINY, f"output_dir={tmp_path}", "trainer.epochs=1"])
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("val_acc", "best_val_acc", "train_seconds", "steps", "order"):
         assert key in last
@@ -170,7 +172,7 @@ def test_cli_prints_metrics_as_the_last_line(tmp_path, capsys):
 def test_same_seed_same_result(tmp_path):
     a = train(tiny(tmp_path / "a", "method=plackett_luce", "trainer.checkpoint=false"))
     b = train(tiny(tmp_path / "b", "method=plackett_luce", "trainer.checkpoint=false"))
-    assert a["val_loss"] == b["val_loss"] and a["order"] == b["order"]
+    assert a.val_loss == b.val_loss and a.order == b.order
 
 
 @pytest.mark.parametrize(
@@ -223,10 +225,10 @@ def test_resume_inside_the_policy_phase_is_exact(tmp_path, method):
     cut = train(
         tiny(tmp_path / "cut", f"method={method}", *curriculum, "trainer.stop_after_epochs=1")
     )
-    assert cut["epochs"] == 1 and not cut["finished"]
+    assert cut.epochs == 1 and not cut.finished
     resumed = train(tiny(tmp_path / "cut", f"method={method}", *curriculum))
     for key in ("val_acc", "val_loss", "steps", "order"):
-        assert resumed[key] == full[key], key
+        assert getattr(resumed, key) == getattr(full, key), key
     a, b = load(tmp_path / "full" / "checkpoint.pt"), load(tmp_path / "cut" / "checkpoint.pt")
     for name, tensor in a["orderer"].items():
         assert torch.equal(tensor, b["orderer"][name]), name

@@ -30,9 +30,9 @@ import torch
 from ..cli import bad_input
 from ..config import compose_config
 from ..data import create_dataset
-from ..run import build_run
-from ..runtime import seed_everything
-from ..train import train_step
+from ..run.build import build_run
+from ..run.loop import train_step
+from ..run.runtime import seed_everything
 from . import _sync, markdown_table, parse_sizes
 from .data import worker_rows, write_photo_folder
 

@@ -20,9 +20,9 @@ from estimators import list_estimators
 
 from ..config import compose_config
 from ..data import patchify
-from ..run import build_run
-from ..runtime import seed_everything
-from ..train import train_step
+from ..run.build import build_run
+from ..run.loop import train_step
+from ..run.runtime import seed_everything
 from . import print_results
 
 GRIDS = {64: 8, 196: 14}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .base import ImageDataset, LazyImageDataset
+from .base import ImageDataset, LazyImageDataset, PatchDataset
 from .cifar10 import cifar10
 from .digits import digits
 from .imagefolder import imagefolder
@@ -19,7 +19,7 @@ from .patches import grid_shape, patchify, unpatchify
 from .planted import PlantedDataset, key_recall, planted
 from .planted_moving import MovingPlantedDataset, planted_moving
 
-Dataset = ImageDataset | LazyImageDataset
+Dataset = PatchDataset
 DATASETS: dict[str, Callable[..., tuple[Dataset, Dataset]]] = {
     "planted": planted,
     "planted_moving": planted_moving,
@@ -48,6 +48,7 @@ __all__ = [
     "ImageDataset",
     "LazyImageDataset",
     "MovingPlantedDataset",
+    "PatchDataset",
     "PlantedDataset",
     "batches",
     "create_dataset",

@@ -1,4 +1,5 @@
-"""The dataset type every loader returns."""
+"""The dataset protocol (:class:`PatchDataset`) and its two kinds: images held in memory
+(:class:`ImageDataset`) and images made when read (:class:`LazyImageDataset`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,47 @@ import torch
 from torch.utils.data import Dataset
 
 
-class ImageDataset(Dataset):
+class PatchDataset(Dataset):
+    """What a run, a loader and a prior ask of a dataset; every dataset is one of the two kinds
+    below, which provide the members marked "kind".
+
+    Required: ``labels (M,)``, ``num_classes``, ``image_shape (C, H, W)``, ``__len__``,
+    ``dataset[i] -> (image (C, H, W) float, label)``; ``in_memory`` and ``unit_images`` (kind).
+    Optional, with the defaults below: ``oracle_order()`` (planted data: the best order),
+    ``shared_keys()`` (key patches shared by every image, to mark in drawings) and
+    ``order_metrics(index, first)`` (what an order achieves per image, beyond accuracy).
+    """
+
+    labels: torch.Tensor
+    num_classes: int
+    in_memory: bool
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    def unit_images(self, index: torch.Tensor) -> torch.Tensor:
+        """Images ``index`` ``(M,)`` as float ``(M, C, H, W)`` in [0, 1], unflipped and not
+        normalised (what the priors read)."""
+        raise NotImplementedError
+
+    def oracle_order(self) -> torch.Tensor:
+        raise ValueError(
+            f"dataset {type(self).__name__} defines no oracle order; only synthetic datasets "
+            f"with planted key patches (e.g. 'planted') have one"
+        )
+
+    def shared_keys(self) -> list[int] | None:
+        """The key patches, when every image has the same ones; else None."""
+        return None
+
+    def order_metrics(self, index: torch.Tensor, first: int) -> dict[str, torch.Tensor]:
+        """Per-image scores ``(B,)`` of the hard orders ``index (B, N)`` of images ``first`` to
+        ``first + B - 1``, by name; validation reports their means. None by default."""
+        return {}
+
+
+class ImageDataset(PatchDataset):
     """Float images ``(C, H, W)`` in [0, 1] with integer labels, held in memory.
 
     The training loop slices ``images (M, C, H, W)`` and ``labels (M,)`` directly; datasets made
@@ -28,6 +69,7 @@ class ImageDataset(Dataset):
             raise ValueError(
                 f"'labels' should be ({images.shape[0]},) but got {tuple(labels.shape)}"
             )
+        self.in_memory = True
         self.images = images.float().contiguous()
         self.labels = labels.long().contiguous()
         self.num_classes = int(num_classes)
@@ -43,14 +85,11 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.images[i], int(self.labels[i])
 
-    def oracle_order(self) -> torch.Tensor:
-        raise ValueError(
-            f"dataset {type(self).__name__} defines no oracle order; only synthetic datasets "
-            f"with planted key patches (e.g. 'planted') have one"
-        )
+    def unit_images(self, index: torch.Tensor) -> torch.Tensor:
+        return self.images[index]
 
 
-class LazyImageDataset(Dataset):
+class LazyImageDataset(PatchDataset):
     """Images made when indexed (decoded, cropped, flipped), for torch's DataLoader.
 
     A subclass sets ``labels (M,)``, ``num_classes``, ``classes`` and ``image_shape`` and defines
@@ -63,7 +102,7 @@ class LazyImageDataset(Dataset):
     ``dataset[key]`` does both steps for one image.
     """
 
-    labels: torch.Tensor
+    in_memory = False
 
     def raw(self, i: int, rng: np.random.Generator | None) -> torch.Tensor:
         raise NotImplementedError
@@ -88,8 +127,8 @@ class LazyImageDataset(Dataset):
         image, label = self.raw_item(key)
         return self.to_float(image[None])[0], label
 
-    def oracle_order(self) -> torch.Tensor:
-        return ImageDataset.oracle_order(self)
+    def unit_images(self, index: torch.Tensor) -> torch.Tensor:
+        return self.to_unit(torch.stack([self.raw_item(int(i))[0] for i in index]))
 
 
 def split_indices(num: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

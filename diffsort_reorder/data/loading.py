@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader
 
+from .base import ImageDataset, LazyImageDataset
 from .slots import EpochBatches, SharedEpoch
 
 PREFETCH_BATCHES = 2  # batches in flight per worker (DataLoader's prefetch_factor)
@@ -142,9 +143,9 @@ class BatchLoader:
     ) -> None:
         if split not in ("batches", "set"):
             raise ValueError(f"'split' should be 'batches' or 'set' but got {split!r}")
-        if not hasattr(dataset, "images") and not hasattr(dataset, "raw_item"):
+        if not isinstance(dataset, (ImageDataset, LazyImageDataset)):
             raise TypeError(
-                f"'dataset' should hold 'images' in memory or be a LazyImageDataset but got "
+                f"'dataset' should be an ImageDataset (in memory) or a LazyImageDataset but got "
                 f"{type(dataset).__name__}"
             )
         self.dataset, self.batch_size = dataset, batch_size
@@ -201,7 +202,7 @@ class BatchLoader:
             order = eval_order(len(self.dataset), self.batch_size, *self.shard)
         else:
             order = batch_order(len(self.dataset), self.batch_size, generator, *self.shard)
-        if hasattr(self.dataset, "images"):  # in memory: slice
+        if self.dataset.in_memory:  # slice
             for idx in order:
                 yield self.dataset.images[idx], self.dataset.labels[idx]
             return

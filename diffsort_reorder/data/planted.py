@@ -58,6 +58,12 @@ class PlantedDataset(ImageDataset):
         every = torch.arange(n)
         return torch.cat([every[~is_key], every[is_key]])
 
+    def shared_keys(self) -> list[int]:
+        return self.key_positions.tolist()
+
+    def order_metrics(self, index: torch.Tensor, first: int) -> dict[str, torch.Tensor]:
+        return {"key_recall": key_recall(index, self.key_positions)}
+
     def decode_symbols(self, images: torch.Tensor) -> torch.Tensor:
         """The nearest codebook symbol of every patch of ``images (M, C, H, W)`` -> ``(M, N)``."""
         tokens = patchify(images, self.patch_size)  # (M, N, D)

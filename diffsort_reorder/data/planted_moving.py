@@ -13,7 +13,7 @@ import torch
 
 from .base import ImageDataset
 from .patches import unpatchify
-from .planted import _SPLIT_STREAMS, _draw_codebook, check_options, render_planted
+from .planted import _SPLIT_STREAMS, _draw_codebook, check_options, key_recall, render_planted
 
 
 class MovingPlantedDataset(ImageDataset):
@@ -36,6 +36,10 @@ class MovingPlantedDataset(ImageDataset):
             "dataset MovingPlantedDataset defines no oracle order: its keys move from image to "
             "image (oracle_orders() gives one per image)"
         )
+
+    def order_metrics(self, index: torch.Tensor, first: int) -> dict[str, torch.Tensor]:
+        keys = self.key_positions[first : first + index.shape[0]]  # (B, K): these images' keys
+        return {"key_recall": key_recall(index, keys)}
 
     def oracle_orders(self) -> torch.Tensor:
         """``(M, N)``: each image's distractors in row-major order, then its keys."""

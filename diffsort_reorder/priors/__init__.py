@@ -21,11 +21,7 @@ def prior_images(dataset, max_images: int, seed: int) -> torch.Tensor:
     (unflipped, not normalised)."""
     n = len(dataset)
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(n, max_images)]
-    if hasattr(dataset, "images"):
-        return dataset.images[idx]
-    if hasattr(dataset, "raw_item"):  # made when read: in [0, 1], before any normalisation
-        return dataset.to_unit(torch.stack([dataset.raw_item(int(i))[0] for i in idx]))
-    return torch.stack([dataset[int(i)][0] for i in idx])
+    return dataset.unit_images(idx)
 
 
 def prior_order(name: str, dataset, patch_size: int, settings: dict | None = None):

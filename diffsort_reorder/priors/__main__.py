@@ -1,6 +1,7 @@
-"""``python -m diffsort_reorder.priors prior=compression data=digits`` (or ``prior=collapse``):
-compute a prior on a dataset's training images, print its table and the order over the grid,
-write ``order.json`` and ``order.png``, and end with one JSON line of the result."""
+"""``python -m diffsort_reorder.priors prior=compression_prior data=digits`` (or
+``prior=collapse_prior``): compute a prior on a dataset's training images, print its table and
+the order over the grid, write ``order.json`` and ``order.png``, and end with one JSON line of the
+result."""
 
 from __future__ import annotations
 

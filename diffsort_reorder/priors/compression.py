@@ -23,7 +23,7 @@ import torch
 from scipy.cluster.vq import kmeans2, vq
 
 from ..data import patchify
-from ..orderings import list_orders, scan_order
+from ..orders.scans import list_orders, scan_order
 from .common import cached, check_images
 
 STREAMS = ("unigram", "bigram")

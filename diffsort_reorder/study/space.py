@@ -14,7 +14,7 @@ import math
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from .methods import check_start_orders
+from ..orders.methods import check_start_orders
 
 SPACE_TYPES = ("float", "int", "categorical")
 SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}

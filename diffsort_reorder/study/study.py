@@ -23,11 +23,8 @@ SQLite, is for one worker).
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import shutil
-import signal
 import sys
 import time
 import zlib
@@ -35,22 +32,24 @@ from pathlib import Path
 from typing import NamedTuple
 
 import optuna
-import sqlalchemy
 import torch
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from .cli import bad_input, run_command
-from .config import compose_config, config_digest, to_yaml
-from .config_checks import check_config
-from .methods import (
+from ..config import compose_config, config_digest
+from ..orders.methods import (
     check_start_orders,
     is_learned,
     learns_one_order,
 )
+from ..run.checks import check_config
+from ..run.loop import train
+from ..run.result import RunResult
+from ..run.rundir import RunDir
+from ..run.runtime import show_progress
+from .checks import check_study
 from .report import best_trial, write_report
-from .runtime import code_version, show_progress
 from .search import TRIAL_ERRORS, describe, learned_order, search
 from .space import (
     build_pruner,
@@ -61,9 +60,7 @@ from .space import (
     override_value,
     suggest,
 )
-from .storage import RunRecords, open_locks, open_storage, shown, storage_url
-from .study_checks import check_study
-from .train import train
+from .storage import open_backend
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +97,11 @@ class Study:
             for method in self.methods:
                 self.check_run_config(method, backbone)
         # Everything workers share goes through the storage: trials, finished runs, locks.
-        self.url = storage_url(s.storage, self.output_dir)
-        self.storage = open_storage(self.url, (s.heartbeat_interval, s.grace_period))
-        self.locks = open_locks(self.url, s.name, self.output_dir)
-        self.records = RunRecords(self.storage, s.name)
+        self.backend = open_backend(s.storage, self.output_dir,
+                                    (s.heartbeat_interval, s.grace_period))  # fmt: skip
+        self.storage = self.backend.storage
+        self.locks = self.backend.locks(s.name)
+        self.records = self.backend.records(s.name)
         self.composed: dict[str, tuple] = {}  # seed runs' configs (seed_config)
         self.runs_done = 0
         self.bar = None
@@ -210,10 +208,10 @@ class Study:
                 if isinstance(err, torch.OutOfMemoryError) and torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 raise
-            trial.set_user_attr("train_seconds", result["train_seconds"])
-            if result["order"] is not None:  # what the retrain protocol freezes
-                trial.set_user_attr("order", result["order"])
-            return result[metric]
+            trial.set_user_attr("train_seconds", result.train_seconds)
+            if result.order is not None:  # what the retrain protocol freezes
+                trial.set_user_attr("order", result.order)
+            return result.metric(metric)
 
         return run_trial
 
@@ -248,13 +246,14 @@ class Study:
             lock=lambda: self.locks.hold(f"search/{backbone}/{method}"),
             sampler=sampler,
             first_point=(lambda: self.default_point(method, backbone)) if start else None,
+            heartbeat=self.backend.heartbeat if self.backend.heartbeats else None,
             wait_for_workers=self.s.wait_for_workers,
             grace_period=self.s.grace_period,
             tick=tick,
         )
 
     # --- seed re-runs
-    def seed_run(self, job: SeedJob, wait: bool = True) -> dict | None:
+    def seed_run(self, job: SeedJob, wait: bool = True) -> RunResult | None:
         """The result of the seed run ``job``: recorded in the storage by whichever worker
         trained it, else trained here. With an ``order`` (the retrain protocol) the run trains a
         fresh model on that fixed order. None when another worker is training it and ``wait``
@@ -271,9 +270,9 @@ class Study:
                 result, trained = self.train_here(cfg)
                 self.records.put(key, digest, result)
         if trained:
-            summary = result.get("failed") or f"{self.s.metric} {result[self.s.metric]:.3f}"
+            summary = result.failed or f"{self.s.metric} {result.metric(self.s.metric):.3f}"
             self.tick(f"{job.backbone}/{job.method} {name}: {summary} "
-                      f"({result['wall_seconds']:.1f} s)")  # fmt: skip
+                      f"({result.wall_seconds:.1f} s)")  # fmt: skip
         return result
 
     def seed_config(self, job: SeedJob) -> tuple[DictConfig, str, str, str]:
@@ -287,26 +286,23 @@ class Study:
             self.composed[key] = (cfg, name, key, config_digest(_root_=cfg))
         return self.composed[key]
 
-    def train_here(self, cfg: DictConfig) -> tuple[dict, bool]:
+    def train_here(self, cfg: DictConfig) -> tuple[RunResult, bool]:
         """Train the seed run ``cfg`` in this worker's output folder (resuming its checkpoint),
         or reuse the run that finished there but is not in the storage (run by an older version,
         or interrupted before it was recorded). Returns the result and whether it trained."""
-        run_dir, log_dir = Path(cfg.output_dir), Path(cfg.trainer.log_dir)
-        config_path = run_dir / "config.yaml"
-        if config_path.exists() and config_path.read_text() != to_yaml(cfg):
-            # another best config than last time: start this seed afresh
-            shutil.rmtree(run_dir)
-            shutil.rmtree(log_dir, ignore_errors=True)
-        result = finished_result(run_dir)
+        folder = RunDir(cfg.output_dir)
+        if not folder.holds_config(cfg):  # another best config than last time: start afresh
+            folder.clear()
+            shutil.rmtree(cfg.trainer.log_dir, ignore_errors=True)
+        result = folder.finished_result()
         if result is not None:
             return result, False
         started = time.perf_counter()
         try:
             result = train(cfg)
-            result["code_version"] = code_version()
         except TRIAL_ERRORS as err:
-            result = {"failed": f"{type(err).__name__}: {err}", "seed": cfg.seed}
-        result["wall_seconds"] = round(time.perf_counter() - started, 2)
+            result = RunResult.failure(cfg.seed, err)
+        result.wall_seconds = round(time.perf_counter() - started, 2)
         return result, True
 
     def seed_jobs(self, protocol: str, method: str, backbone: str, best) -> list[SeedJob]:
@@ -348,57 +344,3 @@ class Study:
         #    those a killed worker left): every worker that gets here writes the same one.
         results = {where: [self.seed_run(job) for job in js] for where, js in jobs.items()}
         return write_report(self.output_dir, self.cfg, searches, results)
-
-
-def finished_result(run_dir: Path) -> dict | None:
-    """The result of the finished run in ``run_dir``, else None."""
-    result_path = run_dir / "result.json"
-    if not result_path.exists():
-        return None
-    result = json.loads(result_path.read_text())
-    if not result.get("finished"):
-        return None
-    result.setdefault("wall_seconds", 0.0)
-    if (run_dir / "run.json").exists():
-        result["code_version"] = json.loads((run_dir / "run.json").read_text())["code_version"]
-    return result
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``diffsort-study [study=<name>] [key=value ...]``: run a study, print its report's path."""
-    summary = (
-        "Search each learned method's space with Optuna, re-run every method on paired seeds, "
-        "and write a comparison report (report.md, results.csv, figures)."
-    )
-    compose = functools.partial(compose_config, config_name="study")
-    cfg = run_command("diffsort-study", summary, "study", compose, argv)
-    if cfg is None:
-        return
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with bad_input():  # methods, spaces, storage and every run config, before any training
-        study = Study(cfg)
-    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop: like Ctrl-C, retried later
-    try:
-        report = study.run()
-    except StudyStopped as stop:
-        print(f"{stop}; run the same command again to continue", file=sys.stderr)
-        return
-    except sqlalchemy.exc.OperationalError as err:  # the database went away mid-study
-        print(f"error: lost 'study.storage' {shown(study.url)!r} ({' '.join(str(err.orig).split())}"
-              f"); run the same command again to continue", file=sys.stderr)  # fmt: skip
-        sys.exit(1)
-    print(report)
-
-
-def console() -> None:
-    """The ``diffsort-study`` console script (``main``, returning no value)."""
-    main()
-
-
-if __name__ == "__main__":
-    main()

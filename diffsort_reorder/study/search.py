@@ -23,7 +23,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from .storage import heartbeat, is_heartbeat_enabled, quiet_experimental
+from .storage import quiet_experimental
 
 # Failures that end one trial (FAIL, with the reason) and let the study go on.
 TRIAL_ERRORS = (FloatingPointError, torch.OutOfMemoryError)
@@ -133,6 +133,7 @@ def search(
     lock: Callable,
     sampler: Callable,
     first_point: Callable[[], dict] | None,
+    heartbeat: Callable | None,
     wait_for_workers: float,
     grace_period: float,
     tick: Callable[[FrozenTrial, float], None],
@@ -143,10 +144,11 @@ def search(
     trials), up to ``wait_for_workers`` seconds on a journal (no heartbeats).
 
     ``lock()`` is the search's lock; ``first_point()`` the parameters of the first trial (None:
-    sampled); ``grace_period``: seconds after which a trial taken and never marked as beating is
-    failed (:func:`fail_unmarked_trials`); ``tick(trial, seconds)`` is told of each trial this
-    worker ran."""
-    if is_heartbeat_enabled(study._storage):
+    sampled); ``heartbeat(trial_id)`` a context that beats for a trial (None: the storage keeps
+    no heartbeats); ``grace_period``: seconds after which a trial taken and never marked as
+    beating is failed (:func:`fail_unmarked_trials`); ``tick(trial, seconds)`` is told of each
+    trial this worker ran."""
+    if heartbeat is not None:
         wait_for_workers = math.inf
     waited = 0.0
     while True:
@@ -158,7 +160,8 @@ def search(
                 trial = take_trial(study, n_trials, sampler, grace_period)
                 if trial is not None:
                     try:
-                        beating.enter_context(heartbeat(study._storage, trial._trial_id))
+                        if heartbeat is not None:
+                            beating.enter_context(heartbeat(trial._trial_id))
                         study._storage.set_trial_system_attr(trial._trial_id, BEATING, True)
                     except BaseException:
                         study.tell(trial, state=TrialState.FAIL)  # interrupted: run again

@@ -26,9 +26,9 @@ from omegaconf import DictConfig
 from optuna.trial import TrialState
 from PIL import Image
 
-from .config import to_yaml
-from .methods import is_fixed, is_per_image, kind_of
-from .plotting import orders_figure
+from ..config import to_yaml
+from ..orders.methods import is_fixed, is_per_image, kind_of
+from ..plotting import orders_figure
 from .search import is_interrupted
 from .stats import paired_delta
 
@@ -80,34 +80,34 @@ def summarize(searches: dict, results: dict, metric: str) -> list[dict]:
     search's best params; then the paired statistics of its group."""
     rows = []
     for (protocol, backbone, method), all_runs in results.items():
-        runs = [r for r in all_runs if "failed" not in r]
-        mean, std = _mean_std([r[metric] for r in runs])
+        runs = [r for r in all_runs if r.ok]
+        mean, std = _mean_std([r.metric(metric) for r in runs])
         search = searches.get((backbone, method))
         trials = search.get_trials(deepcopy=False) if search is not None else []
         best = best_trial(search)
         failed = [t for t in trials if t.state == TrialState.FAIL and not _was_retried(t, trials)]
         failures = [
             (f"trial {t.number}", t.user_attrs.get("fail_reason", "interrupted")) for t in failed
-        ] + [(f"seed {r['seed']}", r["failed"]) for r in all_runs if "failed" in r]
-        recalls = [r["key_recall"] for r in runs if r.get("key_recall") is not None]
+        ] + [(f"seed {r.seed}", r.failed) for r in all_runs if not r.ok]
+        recalls = [r.key_recall for r in runs if r.key_recall is not None]
         rows.append({
             "protocol": protocol,
             "method": method,
             "backbone": backbone,
-            "data": runs[0]["data"] if runs else "",
+            "data": runs[0].data if runs else "",
             "val_acc_mean": mean,
             "val_acc_std": std,
             "n_seeds": len(runs),
             "key_recall": statistics.fmean(recalls) if recalls else "",
             "best_params": json.dumps(best.params if best else {}, sort_keys=True),
-            "train_seconds": _mean_std([r["train_seconds"] for r in runs])[0],
+            "train_seconds": _mean_std([r.train_seconds for r in runs])[0],
             "kind": kind_of(method),
-            "seeds": " ".join(str(r["seed"]) for r in runs),
-            "val_accs": " ".join(f"{r[metric]:.4f}" for r in runs),
+            "seeds": " ".join(str(r.seed) for r in runs),
+            "val_accs": " ".join(f"{r.metric(metric):.4f}" for r in runs),
             "trials_complete": sum(t.state == TrialState.COMPLETE for t in trials),
             "trials_pruned": sum(t.state == TrialState.PRUNED for t in trials),
             "trials_failed": len(failed),
-            "_by_seed": {r["seed"]: r[metric] for r in runs},
+            "_by_seed": {r.seed: r.metric(metric) for r in runs},
             "_runs": runs,
             "_failures": failures,
         })  # fmt: skip
@@ -237,12 +237,12 @@ def final_orders(rows: list[dict]) -> tuple[dict, tuple[int, int] | None, list[i
         if not row["_runs"]:
             continue
         run = row["_runs"][0]
-        grid = grid or tuple(run["grid"])
-        keys = keys or run.get("key_patches")
-        if run.get("order") is not None:
-            orders[row["method"]] = run["order"]
-        elif run.get("example_order") is not None:
-            orders[f"{row['method']} (one image)"] = run["example_order"]
+        grid = grid or tuple(run.grid)
+        keys = keys or run.key_patches
+        if run.order is not None:
+            orders[row["method"]] = run.order
+        elif run.example_order is not None:
+            orders[f"{row['method']} (one image)"] = run.example_order
     return orders, grid, keys
 
 
@@ -376,9 +376,9 @@ def write_report(
         f"- `{r['method']}` ({r['backbone']}, {r['protocol']}) {where}: {why}"
         for r in rows for where, why in r["_failures"]
     ]  # fmt: skip
-    code = {run["code_version"] for r in ok for run in r["_runs"] if run.get("code_version")}
-    runs = [r for rs in results.values() for r in rs if "failed" not in r]
-    trained = sum(r["train_seconds"] for r in runs)
+    code = {run.code_version for r in ok for run in r["_runs"] if run.code_version}
+    runs = [r for rs in results.values() for r in rs if r.ok]
+    trained = sum(r.train_seconds for r in runs)
     trained += sum(t.user_attrs.get("train_seconds", 0.0) for study in searches.values()
                    for t in study.get_trials(deepcopy=False))  # fmt: skip
     per_image = sorted({r["method"] for r in rows if is_per_image(r["method"])})

@@ -10,17 +10,16 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from .backbones import create_backbone
-from .checks import check_clip
-from .config_checks import check_config
-from .data import BatchLoader, create_dataset, grid_shape, key_recall, patchify
-from .data.loading import batch_order, shard_bounds
+from ..backbones import create_backbone
+from ..checks import check_clip
+from ..data import BatchLoader, create_dataset, grid_shape
+from ..data.loading import batch_order
+from ..model import PatchSequenceModel
+from ..orders.methods import build_orderer
+from .checks import check_config
 from .distributed import World
-from .methods import build_orderer
-from .model import PatchSequenceModel
 from .runtime import resolve_device, seed_everything, use_amp
 from .schedules import constant_lr, lr_factor, tau_at
 
@@ -97,52 +96,6 @@ class Run:
         policy_step = step - t.curriculum.fixed_epochs * self.steps_per_epoch
         policy_steps = max(1, t.curriculum.policy_epochs * self.steps_per_epoch)
         return tau_at(policy_step, policy_steps, est.tau.schedule, est.tau.max, est.tau.min)
-
-
-@torch.no_grad()
-def evaluate(run: Run) -> dict:
-    """Validation loss and accuracy with the hard order; on data with key patches (planted) also
-    ``key_recall``, the mean fraction of keys the order puts in the last slots."""
-    run.model.eval()
-    run.orderer.eval()
-    loss_sum, correct, recall, seen = 0.0, 0, 0.0, 0
-    keys = getattr(run.val_set, "key_positions", None)  # (K,) or (M, K) per image
-    # Each rank evaluates its contiguous part of the set, from image `first` on; sums add up.
-    first, _ = shard_bounds(len(run.val_set), run.world.rank, run.world.size)
-    for images, labels in run.loader("val").epoch(None):
-        images, labels = images.to(run.device), labels.to(run.device)
-        with run.autocast():
-            out, _ = order_tokens(run, patchify(images, run.cfg.data.patch_size))
-            logits = run.model.classify(out.tokens)
-        loss_sum += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
-        correct += int((logits.argmax(-1) == labels).sum())
-        if keys is not None:
-            at = first + seen
-            batch_keys = keys if keys.dim() == 1 else keys[at : at + len(labels)]
-            recall += float(key_recall(out.index, batch_keys).sum())
-        seen += len(labels)
-    loss_sum, correct, recall, seen = run.world.total([loss_sum, correct, recall, seen])
-    metrics = {"val_loss": loss_sum / seen, "val_acc": correct / seen}
-    if keys is not None:
-        metrics["key_recall"] = recall / seen
-    return metrics
-
-
-@torch.no_grad()
-def example_order(run: Run) -> list[int]:
-    """The hard order ``(N,)`` the orderer gives the first validation image."""
-    run.model.eval()
-    run.orderer.eval()
-    image = run.val_set[0][0][None].to(run.device)  # (1, C, H, W)
-    with run.autocast():
-        out, _ = order_tokens(run, patchify(image, run.cfg.data.patch_size))
-    return out.index[0].cpu().tolist()
-
-
-def key_patches(dataset) -> list[int] | None:
-    """A dataset's key patches when they are the same for every image (planted), else None."""
-    keys = getattr(dataset, "key_positions", None)
-    return keys.tolist() if keys is not None and keys.dim() == 1 else None
 
 
 def build_run(cfg: DictConfig) -> Run:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, ListConfig
 
-from .backbones import list_backbones
-from .config import compose_config, value_of
-from .distributed import World
-from .methods import check_not_oracle, list_methods
+from ..backbones import list_backbones
+from ..config import compose_config, value_of
+from ..orders.methods import check_not_oracle, list_methods
+from ..run.distributed import World
 from .space import build_pruner, build_sampler
 
 METRICS = ("val_acc", "best_val_acc")

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from estimators import create_estimator
 from estimators.registry import ESTIMATORS
 
-from .checks import (
+from ..checks import (
     check_bool,
     check_choice,
     check_clip,
@@ -23,8 +23,8 @@ from .checks import (
     check_path,
     is_real,
 )
-from .methods import kind_of
-from .model import POS_EMBEDS
+from ..model import POS_EMBEDS
+from ..orders.methods import kind_of
 from .runtime import use_amp
 from .schedules import TAU_SCHEDULES
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from .plotting import order_image
+from ..plotting import order_image
 
 
 def flatten_config(cfg: dict, prefix: str = "") -> dict[str, float | int | str | bool]:

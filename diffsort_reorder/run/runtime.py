@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
+from .. import __version__
 
 
 def seed_everything(seed: int) -> None:
@@ -48,7 +48,7 @@ def set_rng_state(state: dict) -> None:
 def code_version() -> str:
     """The git commit of the code that ran (``+dirty`` with local changes); an installed package
     outside a checkout gives its version."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():  # installed: the enclosing repository is not ours
         return __version__
     try:

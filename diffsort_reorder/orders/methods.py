@@ -20,8 +20,8 @@ from estimators import (
 )
 from estimators.registry import ESTIMATORS
 
-from .orderings import ORDERINGS, scan_order
-from .priors import PRIORS, prior_order
+from ..priors import PRIORS, prior_order
+from .scans import ORDERINGS, scan_order
 
 
 class FixedOrder(PermutationEstimator):

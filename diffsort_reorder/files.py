@@ -1,0 +1,65 @@
+"""Files that are never half-written: every file the suite writes (a run's config, record, result
+and checkpoint; a study's report, CSV and figures; a prior's cache) goes through :func:`atomic`,
+which writes a temporary file in the same folder, fsyncs it and renames it over the target. A
+reader (or a re-run after a crash) sees the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import torch
+
+
+@contextlib.contextmanager
+def atomic(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing (``mode`` "wb" or "w"); on leaving the
+    block it is flushed, fsynced and renamed to ``path``; on an exception it is removed and
+    ``path`` keeps what it held."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    with atomic(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic(path, "w") as f:
+        f.write(text)
+    return Path(path)
+
+
+def write_json(path: str | Path, data) -> Path:
+    """``data`` as one line of JSON and a newline."""
+    return write_text(path, json.dumps(data) + "\n")
+
+
+def save_atomic(state: dict, path: str | Path) -> Path:
+    """``torch.save(state)`` to ``path``, atomically (checkpoints, priors' caches)."""
+    with atomic(path, "wb") as f:
+        torch.save(state, f)
+    return Path(path)
+
+
+def load(path: str | Path) -> dict:
+    """What :func:`save_atomic` wrote, on the CPU."""
+    return torch.load(path, map_location="cpu", weights_only=False)

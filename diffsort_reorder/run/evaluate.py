@@ -1,0 +1,48 @@
+"""What reads a run without training it: the validation metrics (:func:`evaluate`) and the order
+a per-image orderer gives one image (:func:`example_order`)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..data import patchify
+from ..data.loading import shard_bounds
+from .build import Run, order_tokens
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> dict:
+    """Validation loss and accuracy with the hard order, and the means of what the dataset scores
+    an order by (its ``order_metrics``: on planted data ``key_recall``, the mean fraction of keys
+    the order puts in the last slots)."""
+    run.model.eval()
+    run.orderer.eval()
+    sums = {"loss": 0.0, "correct": 0, "seen": 0}
+    # Each rank evaluates its contiguous part of the set, from image `first` on; sums add up.
+    first, _ = shard_bounds(len(run.val_set), run.world.rank, run.world.size)
+    for images, labels in run.loader("val").epoch(None):
+        images, labels = images.to(run.device), labels.to(run.device)
+        with run.autocast():
+            out, _ = order_tokens(run, patchify(images, run.cfg.data.patch_size))
+            logits = run.model.classify(out.tokens)
+        sums["loss"] += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
+        sums["correct"] += int((logits.argmax(-1) == labels).sum())
+        for name, per_image in run.val_set.order_metrics(out.index, first + sums["seen"]).items():
+            sums[name] = sums.get(name, 0.0) + float(per_image.sum())
+        sums["seen"] += len(labels)
+    totals = dict(zip(sums, run.world.total(list(sums.values())), strict=True))
+    seen = totals.pop("seen")
+    metrics = {"val_loss": totals.pop("loss") / seen, "val_acc": totals.pop("correct") / seen}
+    return {**metrics, **{name: total / seen for name, total in totals.items()}}
+
+
+@torch.no_grad()
+def example_order(run: Run) -> list[int]:
+    """The hard order ``(N,)`` the orderer gives the first validation image."""
+    run.model.eval()
+    run.orderer.eval()
+    image = run.val_set[0][0][None].to(run.device)  # (1, C, H, W)
+    with run.autocast():
+        out, _ = order_tokens(run, patchify(image, run.cfg.data.patch_size))
+    return out.index[0].cpu().tolist()

@@ -1,0 +1,53 @@
+"""``diffsort-study`` / ``python -m diffsort_reorder.study``: a study from the command line."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import sys
+
+import optuna
+
+from ..cli import bad_input, run_command
+from ..config import compose_config
+from .study import Study, StudyStopped
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``diffsort-study [study=<name>] [key=value ...]``: run a study, print its report's path."""
+    summary = (
+        "Search each learned method's space with Optuna, re-run every method on paired seeds, "
+        "and write a comparison report (report.md, results.csv, figures)."
+    )
+    compose = functools.partial(compose_config, config_name="study")
+    cfg = run_command("diffsort-study", summary, "study", compose, argv)
+    if cfg is None:
+        return
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with bad_input():  # methods, spaces, storage and every run config, before any training
+        study = Study(cfg)
+    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop: like Ctrl-C, retried later
+    try:
+        report = study.run()
+    except StudyStopped as stop:
+        print(f"{stop}; run the same command again to continue", file=sys.stderr)
+        return
+    except study.backend.lost as err:  # the storage went away mid-study
+        print(f"error: {study.backend.lost_message(err)}", file=sys.stderr)
+        sys.exit(1)
+    print(report)
+
+
+def console() -> None:
+    """The ``diffsort-study`` console script (``main``, returning no value)."""
+    main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Where a study keeps its state, and how the workers that share it take turns.
+
+A study's storage (``study.storage``) is the one thing its workers share: Optuna's trials, the
+finished seed runs (:class:`RunRecords`) and the locks all go through it, so workers on different
+machines need no shared folder (only the same command and the data at the same path, which is
+part of every run's config). Each kind of URL has its backend, one object that owns opening the
+storage, its locks, its run records, whether trials have heartbeats and which errors mean the
+storage went away (:func:`open_backend` picks it):
+
+- :class:`~.files.SQLiteBackend` (the default, ``<output_dir>/study.db``) serves one worker;
+- :class:`~.files.JournalBackend` (``*.log``, ``*.jsonl``, ``*.journal``, ``journal:<path>``) the
+  workers of one machine; the locks of both are ``fcntl`` locks in a folder beside the file;
+- :class:`~.postgres.PostgresBackend` (``postgresql+psycopg://user@host/db``) a cluster, with
+  session advisory locks and trial heartbeats;
+- :class:`~.base.DatabaseBackend`: any other SQLAlchemy URL, for the workers of one machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import Backend, DatabaseBackend, RunRecords, quiet_experimental, shown
+from .files import JournalBackend, SQLiteBackend
+from .postgres import PostgresBackend
+
+# The first that accepts a URL serves it.
+BACKENDS: tuple[type[Backend], ...] = (JournalBackend, PostgresBackend, SQLiteBackend)
+
+
+def backend_class(url: str) -> type[Backend]:
+    """The backend kind that serves ``url``."""
+    return next((kind for kind in BACKENDS if kind.accepts(url)), DatabaseBackend)
+
+
+def open_backend(
+    url: str | None, output_dir: Path, heartbeat: tuple[int, int] = (10, 30)
+) -> Backend:
+    """The open backend of ``study.storage`` (``url``; null: SQLite in ``output_dir``).
+    ``heartbeat`` is ``(interval, grace)`` in seconds, where trials have heartbeats: a trial
+    whose worker has been silent for ``grace`` is failed, then retried."""
+    if url is None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{(output_dir / 'study.db').resolve()}"
+    return backend_class(str(url))(str(url), output_dir, heartbeat)
+
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "DatabaseBackend",
+    "JournalBackend",
+    "PostgresBackend",
+    "RunRecords",
+    "SQLiteBackend",
+    "backend_class",
+    "open_backend",
+    "quiet_experimental",
+    "shown",
+]
