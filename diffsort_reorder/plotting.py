@@ -15,6 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from .files import atomic
+
 
 def _check_order(order: torch.Tensor, height: int, width: int) -> np.ndarray:
     order = torch.as_tensor(order).detach().cpu().long()
@@ -81,11 +83,10 @@ def orders_figure(
 def save_orders_png(
     orders: dict[str, torch.Tensor], height: int, width: int, path: str | Path, columns: int = 4
 ) -> Path:
-    """Write :func:`orders_figure` as a PNG; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    orders_figure(orders, height, width, columns).savefig(path)
-    return path
+    """Write :func:`orders_figure` as a PNG, atomically; returns the path."""
+    with atomic(path) as f:
+        orders_figure(orders, height, width, columns).savefig(f, format="png")
+    return Path(path)
 
 
 def order_image(order: torch.Tensor, height: int, width: int, title: str | None = None):

@@ -73,45 +73,47 @@ def by_seed(method: str, metric: str) -> dict[int, float]:
 
 @pytest.mark.parametrize("metric", ["val_acc", "best_val_acc"])
 def test_rows_summarize_the_study_metric_over_seeds(tmp_path, metric):
-    rows = {r["method"]: r for r in summarize({}, results(tmp_path), metric)}
+    rows = {r.method: r for r in summarize({}, results(tmp_path), metric)}
     assert list(rows) == list(RUNS)
     best_fixed = "row_major" if metric == "val_acc" else "hilbert"
     for method, row in rows.items():
         values = list(by_seed(method, metric).values())
-        assert row["n_seeds"] == len(values)
-        assert row["val_acc_mean"] == pytest.approx(statistics.fmean(values), abs=TOL)
-        assert row["val_acc_std"] == pytest.approx(statistics.stdev(values), abs=TOL)  # ddof=1
-        assert row["seeds"] == " ".join(map(str, RUNS[method]))
-        assert row["val_accs"] == " ".join(f"{v:.4f}" for v in values)
-        assert row["best_fixed"] == best_fixed
+        assert row.n_seeds == len(values)
+        assert row.val_acc_mean == pytest.approx(statistics.fmean(values), abs=TOL)
+        assert row.val_acc_std == pytest.approx(statistics.stdev(values), abs=TOL)  # ddof=1
+        assert row.seeds == " ".join(map(str, RUNS[method]))
+        assert row.val_accs == " ".join(f"{v:.4f}" for v in values)
+        assert row.best_fixed == best_fixed
         for prefix, ref in (("delta", "row_major"), ("best_fixed", best_fixed)):
             expected = paired_delta(by_seed(method, metric), by_seed(ref, metric))
-            got = row[f"_{prefix}"]
-            assert got["pairs"] == min(len(values), 3) and got["ci"] == expected["ci"]
+            got = row.delta if prefix == "delta" else row.vs_best_fixed
+            assert got.pairs == min(len(values), 3) and got.ci == expected.ci
             for key in ("delta", "low", "high"):
-                assert got[key] == pytest.approx(expected[key], abs=TOL, nan_ok=True), key
-        assert row["delta_vs_row_major"] == row["_delta"]["delta"]
-        assert row["delta_vs_best_fixed"] == row["_best_fixed"]["delta"]
-        assert row["significant"] == row["_delta"]["significant"]
-    assert rows["diagonal"]["_failures"] == [("seed 3", FAILURE)]
-    assert rows["softsort"]["key_recall"] == pytest.approx(0.5)  # seeds 1, 2, 3: 0.25 * seed
-    assert rows["softsort"]["train_seconds"] == pytest.approx(4.0)
+                assert getattr(got, key) == pytest.approx(
+                    getattr(expected, key), abs=TOL, nan_ok=True
+                ), key
+        assert row.delta_vs_row_major == row.delta.delta
+        assert row.delta_vs_best_fixed == row.vs_best_fixed.delta
+        assert row.significant == row.delta.significant
+    assert rows["diagonal"].failures == [("seed 3", FAILURE)]
+    assert rows["softsort"].key_recall == pytest.approx(0.5)  # seeds 1, 2, 3: 0.25 * seed
+    assert rows["softsort"].train_seconds == pytest.approx(4.0)
 
 
 def test_best_val_acc_numbers_by_hand(tmp_path):
     """The same rows with numbers worked out by hand, so that none of them leans on the code
     under test or on the standard library's choice of ddof."""
-    rows = {r["method"]: r for r in summarize({}, results(tmp_path), "best_val_acc")}
+    rows = {r.method: r for r in summarize({}, results(tmp_path), "best_val_acc")}
     soft = rows["softsort"]
-    assert soft["val_acc_mean"] == pytest.approx(0.74, abs=TOL)
-    assert soft["val_acc_std"] == pytest.approx(0.04, abs=TOL)  # sqrt((.04^2 + 0 + .04^2) / 2)
-    assert rows["hilbert"]["val_acc_std"] == pytest.approx(math.sqrt(0.0175), abs=TOL)
-    assert rows["row_major"]["val_acc_std"] == pytest.approx(0.1, abs=TOL)
-    assert soft["delta_vs_row_major"] == pytest.approx(0.14, abs=TOL)  # (.2 + .14 + .08) / 3
-    assert soft["delta_vs_best_fixed"] == pytest.approx(0.09, abs=TOL)  # (.15 + .14 - .02) / 3
-    assert rows["diagonal"]["n_seeds"] == 2
-    assert rows["diagonal"]["delta_vs_row_major"] == pytest.approx(-0.225, abs=TOL)
-    assert rows["row_major"]["delta_vs_row_major"] == 0.0
+    assert soft.val_acc_mean == pytest.approx(0.74, abs=TOL)
+    assert soft.val_acc_std == pytest.approx(0.04, abs=TOL)  # sqrt((.04^2 + 0 + .04^2) / 2)
+    assert rows["hilbert"].val_acc_std == pytest.approx(math.sqrt(0.0175), abs=TOL)
+    assert rows["row_major"].val_acc_std == pytest.approx(0.1, abs=TOL)
+    assert soft.delta_vs_row_major == pytest.approx(0.14, abs=TOL)  # (.2 + .14 + .08) / 3
+    assert soft.delta_vs_best_fixed == pytest.approx(0.09, abs=TOL)  # (.15 + .14 - .02) / 3
+    assert rows["diagonal"].n_seeds == 2
+    assert rows["diagonal"].delta_vs_row_major == pytest.approx(-0.225, abs=TOL)
+    assert rows["row_major"].delta_vs_row_major == 0.0
 
 
 def test_write_report_writes_csv_markdown_and_figures(tmp_path):
@@ -135,9 +137,9 @@ def test_write_report_writes_csv_markdown_and_figures(tmp_path):
     expected = paired_delta(
         by_seed("softsort", "best_val_acc"), by_seed("row_major", "best_val_acc")
     )
-    assert float(soft["delta_ci_low"]) == pytest.approx(expected["low"], abs=1e-4)
-    assert float(soft["delta_ci_high"]) == pytest.approx(expected["high"], abs=1e-4)
-    assert soft["significant"] == str(expected["significant"])
+    assert float(soft["delta_ci_low"]) == pytest.approx(expected.low, abs=1e-4)
+    assert float(soft["delta_ci_high"]) == pytest.approx(expected.high, abs=1e-4)
+    assert soft["significant"] == str(expected.significant)
     assert json.loads(soft["best_params"]) == {"estimator.lr": pytest.approx(0.2)}
     assert (soft["trials_complete"], soft["trials_pruned"], soft["trials_failed"]) == (
         "2",

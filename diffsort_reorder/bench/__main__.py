@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
 from ..cli import OneLineParser
+from ..files import write_text
 from . import data, estimators, gpu, long, train
 
 BENCHMARKS = {"data": data, "estimators": estimators, "gpu": gpu, "long": long, "train": train}
@@ -28,8 +28,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.sizes = ",".join(f"{b}x{n}" for b, n in sizes)
     result = BENCHMARKS[args.benchmark].main(args)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2))
+        write_text(args.out, json.dumps(result, indent=2))
     print(json.dumps({"benchmark": args.benchmark, "checks": result.get("checks", [])}))
     return result
 

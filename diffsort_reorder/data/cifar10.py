@@ -17,7 +17,6 @@ from .base import LazyImageDataset, resize_images
 
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILE = "test_batch"
-META_FILE = "batches.meta"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck"]  # fmt: skip
 

@@ -16,6 +16,7 @@ from ..checks import check_complete, check_int
 from ..cli import bad_input, run_command
 from ..config import compose_config
 from ..data import create_dataset, grid_shape
+from ..files import write_text
 from ..plotting import save_orders_png
 from . import PRIORS, prior_images
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         result.update(order_name=prior.order_name, scores=prior.scores)
     else:
         result.update(pagerank=[round(v, 5) for v in prior.pagerank.tolist()])
-    (out / "order.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_text(out / "order.json", json.dumps(result, indent=1) + "\n")
     save_orders_png({f"{name} ({cfg.data.name})": prior.order}, *grid, out / "order.png")
     print(json.dumps(result))
     return result

@@ -1,6 +1,6 @@
-"""One run's parts, built from its config (:func:`build_run`), and what reads them without
-training: ordering a batch's tokens (:func:`order_tokens`) and validating (:func:`evaluate`).
-The loop that steps them is :mod:`diffsort_reorder.train`."""
+"""One run's parts, built from its config (:func:`build_run`), and ordering a batch's tokens
+(:func:`order_tokens`). The loop that steps them is :mod:`.loop`; validation is
+:mod:`.evaluate`."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Checking a study's own settings (``configs/study/``) before anything runs; each bad value is
 refused with the key, what it got and what is accepted. The run configs a study composes are
-checked by config_checks.py."""
+checked by :mod:`diffsort_reorder.run.checks`."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Searching one method's space with Optuna, shared by any number of workers.
 
-A worker takes its next trial under the search's lock (see storage.py): it pops a waiting trial
+A worker takes its next trial under the search's lock (see :mod:`.storage`): it pops a waiting trial
 (the defaults, or the retry of an interrupted one) or, while fewer than ``n_trials`` count, starts
 a new one, so every learned method gets exactly ``n_trials`` trials however many workers share
 it. The trial's heartbeat starts, and the trial is marked as beating, before the lock is let go:
@@ -105,7 +105,7 @@ def take_trial(
         return None
     # A sampler seeded by the history, so a resumed study does not redraw its points.
     study.sampler = sampler(len(trials))
-    with warnings.catch_warnings():  # Optuna: heartbeats outside optimize() (we beat: storage.py)
+    with warnings.catch_warnings():  # Optuna: heartbeats outside optimize() (we beat: storage)
         warnings.filterwarnings("ignore", "Heartbeat", UserWarning)
         return study.ask()  # a waiting trial first, else a new one
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as scipy_stats
@@ -38,17 +39,35 @@ def interval(diffs: list[float], seed: int = 0) -> tuple[float, float, str]:
     return float(low), float(high), "bootstrap"
 
 
-def paired_delta(values: dict[int, float], reference: dict[int, float]) -> dict:
-    """``values - reference`` on their common seeds (``{seed: metric}`` each): the mean
-    difference, its interval, whether the interval excludes 0, and the number of pairs."""
+@dataclass(frozen=True)
+class PairedDelta:
+    """A paired difference: its mean over the common seeds, its interval (``low``, ``high``;
+    NaN for fewer than two pairs) made by ``ci`` (``t``, ``bootstrap`` or ``none``), whether
+    the interval excludes 0, and the number of pairs."""
+
+    delta: float
+    low: float
+    high: float
+    significant: bool
+    pairs: int
+    ci: str
+
+    @classmethod
+    def none(cls) -> PairedDelta:
+        """No pairs (no reference to compare with)."""
+        return cls(math.nan, math.nan, math.nan, False, 0, "none")
+
+
+def paired_delta(values: dict[int, float], reference: dict[int, float]) -> PairedDelta:
+    """``values - reference`` on their common seeds (``{seed: metric}`` each)."""
     seeds = sorted(set(values) & set(reference))
     diffs = [values[s] - reference[s] for s in seeds]
     low, high, how = interval(diffs)
-    return {
-        "delta": statistics.fmean(diffs) if diffs else math.nan,
-        "low": low,
-        "high": high,
-        "significant": bool(low > 0 or high < 0),  # False for NaN bounds
-        "pairs": len(diffs),
-        "ci": how,
-    }
+    return PairedDelta(
+        delta=statistics.fmean(diffs) if diffs else math.nan,
+        low=low,
+        high=high,
+        significant=bool(low > 0 or high < 0),  # False for NaN bounds
+        pairs=len(diffs),
+        ci=how,
+    )

@@ -9,27 +9,24 @@ by :func:`train`, which reports the validation accuracy every epoch to the prune
 (scan orders, priors) are not searched. Then every method is re-run on the same seeds (so results
 pair by seed) under each protocol: ``curriculum`` re-runs the best config's curriculum, ``retrain``
 freezes the order the best trial learned and trains a fresh model on it.
-:mod:`diffsort_reorder.report` writes ``report.md``, ``results.csv`` (with paired differences and
+:mod:`.report` writes ``report.md``, ``results.csv`` (with paired differences and
 their intervals) and the figures. The path of ``report.md`` is printed last.
 
 Re-running the same command resumes: finished trials and seed runs are kept, and a trial that was
 interrupted (Ctrl-C, a killed worker) is run again with its parameters from its last checkpoint. A
 trial whose loss or gradient goes non-finite, or that runs out of memory, ends FAIL with the reason
 in its ``fail_reason`` attribute, and the study goes on. Any number of workers may share a study:
-they coordinate through its storage alone (``study.storage``; see storage.py and search.py), the
-workers of one machine on a journal file, workers on many machines on PostgreSQL (the default,
-SQLite, is for one worker).
+they coordinate through its storage alone (``study.storage``; see :mod:`.storage` and
+:mod:`.search`), the workers of one machine on a journal file, workers on many machines on
+PostgreSQL (the default, SQLite, is for one worker).
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
-import time
 import zlib
 from pathlib import Path
-from typing import NamedTuple
 
 import optuna
 import torch
@@ -46,11 +43,11 @@ from ..orders.methods import (
 from ..run.checks import check_config
 from ..run.loop import train
 from ..run.result import RunResult
-from ..run.rundir import RunDir
 from ..run.runtime import show_progress
 from .checks import check_study
 from .report import best_trial, write_report
-from .search import TRIAL_ERRORS, describe, learned_order, search
+from .search import describe, search
+from .seeds import SeedJob, seed_jobs, train_seed_run
 from .space import (
     build_pruner,
     build_sampler,
@@ -67,17 +64,6 @@ log = logging.getLogger(__name__)
 
 class StudyStopped(Exception):
     """``study.stop_after_runs`` was reached (as if interrupted)."""
-
-
-class SeedJob(NamedTuple):
-    """One seed re-run: ``method``'s best ``params`` on ``backbone`` with ``seed``, and for the
-    retrain protocol the learned ``order`` it trains on (None: the curriculum)."""
-
-    method: str
-    backbone: str
-    params: dict
-    seed: int
-    order: list[int] | None
 
 
 class Study:
@@ -258,60 +244,31 @@ class Study:
         trained it, else trained here. With an ``order`` (the retrain protocol) the run trains a
         fresh model on that fixed order. None when another worker is training it and ``wait``
         is False. A run that failed (:data:`TRIAL_ERRORS`) is recorded as failed, and final."""
-        cfg, name, key, digest = self.seed_config(job)
-        result = self.records.get(key, digest)
+        cfg, digest = self.seed_config(job)
+        result = self.records.get(job.key, digest)
         if result is not None:
             return result
-        with self.locks.hold(f"run/{key}", wait) as held:
+        with self.locks.hold(f"run/{job.key}", wait) as held:
             if not held:
                 return None
-            result, trained = self.records.get(key, digest), False  # done while this one waited
+            result, trained = self.records.get(job.key, digest), False  # done while it waited
             if result is None:
-                result, trained = self.train_here(cfg)
-                self.records.put(key, digest, result)
+                result, trained = train_seed_run(cfg, train)
+                self.records.put(job.key, digest, result)
         if trained:
             summary = result.failed or f"{self.s.metric} {result.metric(self.s.metric):.3f}"
-            self.tick(f"{job.backbone}/{job.method} {name}: {summary} "
+            self.tick(f"{job.backbone}/{job.method} {job.name}: {summary} "
                       f"({result.wall_seconds:.1f} s)")  # fmt: skip
         return result
 
-    def seed_config(self, job: SeedJob) -> tuple[DictConfig, str, str, str]:
-        """``job``'s run config, run name, record key and config digest, composed once per
-        invocation (the report's pass asks again for every run)."""
-        name = f"seed-{job.seed}" if job.order is None else f"retrain-seed-{job.seed}"
-        key = f"{job.backbone}/{job.method}/{name}"
-        if key not in self.composed:  # one best config per method and backbone per invocation
+    def seed_config(self, job: SeedJob) -> tuple[DictConfig, str]:
+        """``job``'s run config and its digest, composed once per invocation (the report's
+        pass asks again for every run)."""
+        if job.key not in self.composed:  # one best config per method and backbone per run
             extra = [] if job.order is None else [f"order=[{','.join(map(str, job.order))}]"]
-            cfg = self.run_config(job.method, job.backbone, job.seed, name, job.params, extra)
-            self.composed[key] = (cfg, name, key, config_digest(_root_=cfg))
-        return self.composed[key]
-
-    def train_here(self, cfg: DictConfig) -> tuple[RunResult, bool]:
-        """Train the seed run ``cfg`` in this worker's output folder (resuming its checkpoint),
-        or reuse the run that finished there but is not in the storage (run by an older version,
-        or interrupted before it was recorded). Returns the result and whether it trained."""
-        folder = RunDir(cfg.output_dir)
-        if not folder.holds_config(cfg):  # another best config than last time: start afresh
-            folder.clear()
-            shutil.rmtree(cfg.trainer.log_dir, ignore_errors=True)
-        result = folder.finished_result()
-        if result is not None:
-            return result, False
-        started = time.perf_counter()
-        try:
-            result = train(cfg)
-        except TRIAL_ERRORS as err:
-            result = RunResult.failure(cfg.seed, err)
-        result.wall_seconds = round(time.perf_counter() - started, 2)
-        return result, True
-
-    def seed_jobs(self, protocol: str, method: str, backbone: str, best) -> list[SeedJob]:
-        """The seed re-runs of ``method`` under ``protocol``: its best trial's config through the
-        whole curriculum, or (``retrain``, global learned orders) that trial's learned order
-        frozen for a fresh model. Fixed orders and per-image methods run the same either way."""
-        params = best.params if best is not None else {}
-        order = learned_order(best) if protocol == "retrain" and learns_one_order(method) else None
-        return [SeedJob(method, backbone, params, seed, order) for seed in self.seeds]
+            cfg = self.run_config(job.method, job.backbone, job.seed, job.name, job.params, extra)
+            self.composed[job.key] = (cfg, config_digest(_root_=cfg))
+        return self.composed[job.key]
 
     def run(self) -> Path:
         s = self.s
@@ -333,7 +290,9 @@ class Study:
                         best = best_trial(searches.get((backbone, method)))
                         failed = method in self.spaces and best is None  # every trial failed
                         jobs[protocol, backbone, method] = (
-                            [] if failed else self.seed_jobs(protocol, method, backbone, best)
+                            []
+                            if failed
+                            else seed_jobs(protocol, method, backbone, best, self.seeds)
                         )
                 self.bar.set_description(f"{s.name}: seed runs {backbone}")
                 for job in (job for (_, b, _), js in jobs.items() if b == backbone for job in js):

@@ -177,7 +177,7 @@ class FileLocks:
 @contextlib.contextmanager
 def heartbeat(storage, trial_id: int) -> Iterator[None]:
     """Record ``trial_id``'s heartbeat every interval while the block runs (what Optuna's
-    ``optimize`` does; a study asks for its trials itself, see search.py)."""
+    ``optimize`` does; a study asks for its trials itself, see :mod:`..search`)."""
     interval = storage.get_heartbeat_interval()
     storage.record_heartbeat(trial_id)
     stop = threading.Event()

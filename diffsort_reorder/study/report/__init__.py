@@ -1,0 +1,91 @@
+"""A study's report: ``results.csv``, ``comparison.png``, ``orders.png``, ``backbones.png`` and
+``report.md``.
+
+Rows (:mod:`.rows`) are (protocol, backbone, method). Within one (protocol, backbone) every method
+ran the same seeds, so each row carries its paired difference to ``row_major`` and to the best
+fixed order, with a 95% interval (:mod:`diffsort_reorder.study.stats`); the headline
+(:mod:`.markdown`) claims a gain only where that interval excludes zero. Every file is written
+atomically (:mod:`diffsort_reorder.files`), so a report is never half-written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from ...config import to_yaml
+from ...files import write_text
+from ...orders.methods import is_per_image
+from .figures import write_figures
+from .markdown import (
+    METRIC_MEANINGS,
+    backbone_table,
+    closing_lines,
+    headline,
+    markdown_table,
+    method_lines,
+)
+from .rows import COLUMNS, Row, best_trial, csv_text, groups, summarize
+
+
+def training_minutes(rows: list[Row], searches: dict) -> float:
+    """Minutes of training: the seed runs' and the search trials' that finished."""
+    seconds = sum(run.train_seconds for r in rows for run in r.runs)
+    seconds += sum(t.user_attrs.get("train_seconds", 0.0) for study in searches.values()
+                   for t in study.get_trials(deepcopy=False))  # fmt: skip
+    return seconds / 60
+
+
+def report_lines(cfg: DictConfig, rows: list[Row], searches: dict,
+                 figures: tuple[list[str], list[str]]) -> list[str]:  # fmt: skip
+    """The lines of ``report.md``."""
+    s, metric = cfg.study, cfg.study.metric
+    panels = groups(rows)
+    protocols = list(dict.fromkeys(p for p, _ in panels))
+    several = len({b for _, b in panels}) > 1
+    code = {run.code_version for r in rows for run in r.runs if run.code_version}
+    per_image = sorted({r.method for r in rows if is_per_image(r.method)})
+    failures = [f"- `{r.method}` ({r.backbone}, {r.protocol}) {where}: {why}"
+                for r in rows for where, why in r.failures]  # fmt: skip
+    lines = [
+        f"# Study `{s.name}`",
+        "",
+        *(f"- **{b}, {p}:** {headline(g, metric)}" for (p, b), g in panels.items()),
+        "",
+        *method_lines(s, protocols, per_image),
+        f"Metric: `{metric}`, {METRIC_MEANINGS[metric]} (the `val_acc_*` columns of results.csv "
+        f"hold it). Training time: {training_minutes(rows, searches):.1f} min, summed over the "
+        f"seed runs and the search trials that finished (whichever worker ran them).  ",
+        f"Code version: {', '.join(sorted(code)) or 'unknown'}",
+        "",
+    ]
+    for (protocol, backbone), group in panels.items():
+        lines += [f"## {backbone}, {protocol}", "", markdown_table(group, metric), ""]
+    if several:
+        for protocol in protocols:
+            lines += [f"## Method x backbone ({protocol})", "",
+                      "Mean accuracy (paired difference to row_major, points, 95% CI):", "",
+                      backbone_table(rows, protocol), ""]  # fmt: skip
+        lines += [*figures[0], ""]
+    return lines + closing_lines(s, protocols, figures[1], failures)
+
+
+def write_report(output_dir: Path, cfg: DictConfig, searches: dict, results: dict) -> Path:
+    """Write the report files into ``output_dir``; returns the path of ``report.md``. Everything
+    in it comes from the study's storage (``searches``: each (backbone, method)'s Optuna study;
+    ``results``: each (protocol, backbone, method)'s seed runs), so every worker of a study
+    writes the same report."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows = summarize(searches, results, cfg.study.metric)
+    write_text(output_dir / "results.csv", csv_text(rows))
+    data = next((r.data for r in rows if r.n_seeds), "?")
+    figures = write_figures(rows, output_dir, f"{cfg.study.name}: {data}")
+    path = write_text(
+        output_dir / "report.md", "\n".join(report_lines(cfg, rows, searches, figures))
+    )
+    write_text(output_dir / "study.yaml", to_yaml(cfg))
+    return path
+
+
+__all__ = ["COLUMNS", "Row", "best_trial", "summarize", "write_report"]
