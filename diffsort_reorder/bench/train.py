@@ -1,6 +1,6 @@
 """``python -m diffsort_reorder.bench train``: the cost of learning the order.
 
-Time per training step (forward, backward, optimizer step; ``diffsort_reorder.train.train_step``,
+Time per training step (forward, backward, optimizer step; ``diffsort_reorder.run.loop.train_step``,
 the loop's own step) with a fixed order and with each estimator in its training mode, on the tiny
 default backbone, at N=64 (8x8 patches) and N=196 (14x14). Target on this CPU: the overhead of
 plackett_luce, softsort, neuralsort and torchsort over the fixed order is at most 25%.

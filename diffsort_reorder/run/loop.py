@@ -3,10 +3,11 @@
 ``train(cfg)`` runs data -> patchify -> embedding -> orderer -> backbone -> cross-entropy (+ the
 orderer's surrogate loss). It knows nothing about which estimator or backbone it runs: every
 orderer returns a ``PermutationOutput`` and offers ``surrogate_loss``; every backbone maps tokens to
-logits. ``python -m diffsort_reorder.train key=value ...`` composes the config from ``configs/``
-and prints the returned metrics as one JSON line, last. Under ``torchrun --nproc-per-node N`` the
-run is data parallel over N processes (see :mod:`diffsort_reorder.distributed`); rank 0 alone
-writes the checkpoint, TensorBoard and the result.
+logits. It returns a :class:`~.result.RunResult` and writes the run's folder through
+:class:`~.rundir.RunDir`. ``python -m diffsort_reorder.train key=value ...`` (:mod:`.cli`)
+composes the config from ``configs/`` and prints the result as one JSON line, last. Under
+``torchrun --nproc-per-node N`` the run is data parallel over N processes (see
+:mod:`.distributed`); rank 0 alone writes the checkpoint, TensorBoard and the result.
 """
 
 from __future__ import annotations
