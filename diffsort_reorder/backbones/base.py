@@ -1,10 +1,15 @@
-"""What every backbone shares: sizes, the readout, the classification head.
+"""What every backbone shares: sizes, the readout, the classification head, ``features`` and
+``forward``.
 
 A backbone takes patch tokens ``(B, N, D)`` already in sequence order and returns class logits
 ``(B, num_classes)``. One that reads a CLS token owns it: it prepends its own learned token at
 slot 0 (``readout="cls"``); ``"last"`` reads the final token (as ARM/Mamba do) and ``"mean"``
 averages the patch tokens. Positional embeddings are added before the backbone
 (see ``diffsort_reorder.model``).
+
+A backbone module provides only what differs: after ``SequenceBackbone.__init__`` it builds
+``self.blocks`` (an ``nn.ModuleList``), and it overrides ``run_blocks`` when its blocks take more
+than the hidden states (the prefix count, a memory carried across segments).
 """
 
 from __future__ import annotations
@@ -22,8 +27,20 @@ SIZES = {
 }
 
 
+def check_num_blocks(num_blocks: int, depth: int) -> None:
+    if (
+        isinstance(num_blocks, bool)
+        or not isinstance(num_blocks, int)
+        or not 0 <= num_blocks <= depth
+    ):
+        raise ValueError(f"'num_blocks' should be an int in [0, {depth}] but got {num_blocks!r}")
+
+
 class SequenceBackbone(nn.Module):
-    """Base class: holds the optional CLS token, the final norm and the head."""
+    """Base class: holds the optional CLS token, the final norm and the head, and runs the
+    subclass's ``blocks`` on the tokens."""
+
+    blocks: nn.ModuleList
 
     def __init__(self, dim: int, num_classes: int, num_tokens: int, readout: str) -> None:
         super().__init__()
@@ -69,3 +86,20 @@ class SequenceBackbone(nn.Module):
         else:
             pooled = h[:, self.num_prefix_tokens :].mean(1)
         return self.head(self.norm(pooled))
+
+    def run_blocks(self, h: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
+        """Hidden states ``(B, P + N, D)`` after ``blocks`` in turn, each ``h -> block(h)``."""
+        for block in blocks:
+            h = block(h)
+        return h
+
+    def features(self, x: torch.Tensor, num_blocks: int) -> torch.Tensor:
+        """Hidden states ``(B, P + N, D)`` after the first ``num_blocks`` blocks (0 = the input
+        with its prefix)."""
+        self.check_input(x)
+        check_num_blocks(num_blocks, len(self.blocks))
+        return self.run_blocks(self.add_prefix(x), self.blocks[:num_blocks])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, N, D)`` patch tokens in sequence order -> ``(B, num_classes)`` logits."""
+        return self.classify(self.features(x, len(self.blocks)))

@@ -23,7 +23,7 @@ from timm.layers import Mlp
 from torch import nn
 
 from . import register_backbone
-from .base import SequenceBackbone
+from .base import SequenceBackbone, check_num_blocks
 
 ATTENTIONS = ("auto", "ref", "banded")
 
@@ -242,16 +242,9 @@ class LocalBackbone(SequenceBackbone):
         )
         self.apply(_init_weights)
 
-    def features(self, x: torch.Tensor, num_blocks: int) -> torch.Tensor:
-        """Hidden states ``(B, P + N, D)`` after the first ``num_blocks`` blocks (0 = the input
-        with its prefix)."""
-        if isinstance(num_blocks, bool) or not isinstance(num_blocks, int):
-            raise ValueError(f"'num_blocks' should be an int but got {num_blocks!r}")
-        if not 0 <= num_blocks <= self.depth:
-            raise ValueError(f"'num_blocks' should be in [0, {self.depth}] but got {num_blocks}")
-        self.check_input(x)
-        h = self.add_prefix(x)  # (B, P + N, D)
-        for block in self.blocks[:num_blocks]:
+    def run_blocks(self, h: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
+        """Hidden states ``(B, P + N, D)`` after ``blocks``; each knows the prefix is global."""
+        for block in blocks:
             h = block(h, num_prefix_tokens=self.num_prefix_tokens)
         return h
 
@@ -265,7 +258,8 @@ class LocalBackbone(SequenceBackbone):
                 f"attention rollout reads the CLS token, but this backbone's readout is "
                 f"{self.readout!r}; build it with readout='cls'"
             )
-        self.features(x, num_blocks)  # validates x and num_blocks
+        self.check_input(x)
+        check_num_blocks(num_blocks, len(self.blocks))
         h = self.add_prefix(x)
         eye = torch.eye(h.shape[1], dtype=h.dtype, device=h.device)
         rollout = eye.expand(h.shape[0], -1, -1)  # (B, T, T)
@@ -274,10 +268,6 @@ class LocalBackbone(SequenceBackbone):
             mixed = 0.5 * attn.mean(1) + 0.5 * eye  # (B, T, T), rows sum to 1
             rollout = mixed @ rollout
         return rollout[:, 0, self.num_prefix_tokens :]  # (B, N)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, N, D)`` patch tokens in sequence order -> ``(B, num_classes)`` logits."""
-        return self.classify(self.features(x, self.depth))
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -317,21 +317,3 @@ class MambaBackbone(SequenceBackbone):
         with torch.no_grad():
             for b in self.blocks:
                 b.out_proj.weight.div_(math.sqrt(depth))
-
-    def features(self, x: torch.Tensor, num_blocks: int) -> torch.Tensor:
-        """Hidden states ``(B, P + N, D)`` after the first ``num_blocks`` blocks (0 = the input
-        with its prefix)."""
-        depth = len(self.blocks)
-        valid = isinstance(num_blocks, int) and not isinstance(num_blocks, bool)
-        if not (valid and 0 <= num_blocks <= depth):
-            raise ValueError(
-                f"'num_blocks' should be an int in [0, {depth}] but got {num_blocks!r}"
-            )
-        self.check_input(x)
-        h = self.add_prefix(x)  # (B, P + N, D)
-        for block in self.blocks[:num_blocks]:
-            h = block(h)
-        return h
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.features(x, len(self.blocks)))  # (B, num_classes)

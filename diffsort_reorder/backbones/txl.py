@@ -19,7 +19,6 @@ from torch import nn
 
 from . import register_backbone
 from .base import SequenceBackbone
-from .vit import check_num_blocks
 
 
 class TXLBlock(nn.Module):
@@ -90,18 +89,16 @@ class TXLBackbone(SequenceBackbone):
             TXLBlock(dim, num_heads, mlp_ratio, max_distance) for _ in range(depth)
         )
 
-    def features(self, x: torch.Tensor, num_blocks: int) -> torch.Tensor:
-        """Hidden states ``(B, N, D)`` after the first ``num_blocks`` blocks, segment by segment."""
-        self.check_input(x)
-        check_num_blocks(num_blocks, len(self.blocks))
-        blocks = self.blocks[:num_blocks]
+    def run_blocks(self, h: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
+        """Hidden states ``(B, N, D)`` after ``blocks``, segment by segment, each layer attending
+        to its memory of the earlier segments."""
         memory: list[torch.Tensor | None] = [None] * len(blocks)
         outputs = []
-        for segment in x.split(self.segment, dim=1):  # (B, S, D) each; the last may be shorter
-            h = segment
+        for segment in h.split(self.segment, dim=1):  # (B, S, D) each; the last may be shorter
+            y = segment
             for layer, block in enumerate(blocks):
-                entering = h.detach()  # what this layer sees of this segment, kept for the next
-                h = block(h, memory[layer])
+                entering = y.detach()  # what this layer sees of this segment, kept for the next
+                y = block(y, memory[layer])
                 if self.mem_len:
                     past = (
                         entering
@@ -109,8 +106,5 @@ class TXLBackbone(SequenceBackbone):
                         else torch.cat([memory[layer], entering], 1)
                     )
                     memory[layer] = past[:, -self.mem_len :]
-            outputs.append(h)
+            outputs.append(y)
         return torch.cat(outputs, dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classify(self.features(x, len(self.blocks)))
