@@ -5,6 +5,7 @@ that order it without an N x N matrix."""
 import pytest
 import torch
 
+from diffsort_reorder.backbones import list_backbones
 from diffsort_reorder.config import compose_config
 from diffsort_reorder.data import patchify
 from diffsort_reorder.run.build import order_tokens, prepare_run
@@ -27,6 +28,10 @@ BACKBONES = {
     "mamba": ["backbone=mamba", "backbone.options.d_state=4", "backbone.options.expand=1"],
     "local": ["backbone=local", "+backbone.options.attention=banded"],
 }
+
+
+def test_pixel_backbones_are_registered():
+    assert set(BACKBONES) <= set(list_backbones())
 
 
 def pixel_run(tmp_path, grid, backbone, *overrides):

@@ -14,6 +14,7 @@ from omegaconf import open_dict
 from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from diffsort_reorder.backbones import list_backbones
 from diffsort_reorder.config import compose_config
 from diffsort_reorder.run.result import RunResult
 from diffsort_reorder.run.rundir import RunDir
@@ -253,9 +254,9 @@ def test_seed_runs_are_reused_when_rerun(tmp_path, monkeypatch):
         (["study.protocol=retrain", "study.overrides=['data=planted','data.options.grid_size=4']"],
          None, "pin it with 'data.options.task_seed=<int>'"),
         (["study.backbones=[txl,rnn]"], None, "'study.backbones' should list distinct backbones "
-         "out of ['local', 'mamba', 'txl', 'vit'] (or be null) but names unknown ['rnn']"),
+         f"out of {list_backbones()} (or be null) but names unknown ['rnn']"),
         (["study.backbones=[txl,vit,txl]"], None, "'study.backbones' should list distinct "
-         "backbones out of ['local', 'mamba', 'txl', 'vit'] (or be null) but names ['txl'] twice"),
+         f"backbones out of {list_backbones()} (or be null) but names ['txl'] twice"),
         (["+study.backbone_overrides.rnn=[]"], None, "'study.backbone_overrides' names unknown"),
         (["study.methods=[row_major,plackett_luce_rloo]",
           "+study.method_overrides.plackett_luce_rloo=['estimator.options.num_samples=1']"],
