@@ -152,14 +152,15 @@ def test_planted_options():
     "options,message",
     [
         (dict(num_keys=65), "'num_keys' should be at most the number of patches 64 but got 65"),
-        (dict(num_symbols=1), "'num_symbols' should be an int >= 2 but got 1"),
-        (dict(grid_size=0), "'grid_size' should be an int >= 1 but got 0"),
-        (dict(noise=-0.1), "'noise' should be >= 0"),
+        (dict(num_symbols=1), "'num_symbols' should be an integer >= 2 but got 1"),
+        (dict(grid_size=0), "'grid_size' should be an integer >= 1 but got 0"),
+        (dict(noise=-0.1), "'noise' should be a number >= 0"),
     ],
 )
-def test_planted_bad_options(options, message):
+@pytest.mark.parametrize("name", ["planted", "planted_moving"])
+def test_planted_bad_options(name, options, message):
     with pytest.raises(ValueError, match=message):
-        create_dataset("planted", **options)
+        create_dataset(name, **options)
 
 
 def test_datasets_without_oracle_say_so():

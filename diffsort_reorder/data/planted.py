@@ -14,10 +14,11 @@ distractors in row-major order followed by the keys.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from estimators._checks import check_count
-
+from ..checks import check_int, check_number
 from .base import ImageDataset
 from .patches import patchify, unpatchify
 
@@ -25,7 +26,51 @@ from .patches import patchify, unpatchify
 _SPLIT_STREAMS = {"train": 1, "val": 2}
 
 
+@dataclass(frozen=True)
+class PlantedOptions:
+    """The options of every planted task, checked; ``num_classes=None`` becomes every value the
+    key sum can take, ``num_keys * (num_symbols - 1) + 1``."""
+
+    num_train: int = 2048
+    num_val: int = 512
+    grid_size: int = 8
+    patch_size: int = 4
+    channels: int = 1
+    num_keys: int = 8
+    num_symbols: int = 2
+    num_classes: int | None = None
+    noise: float = 0.1
+    seed: int = 0
+    task_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("num_train", "num_val", "grid_size", "patch_size", "channels", "num_keys"):
+            object.__setattr__(self, name, check_int(name, getattr(self, name), 1))
+        object.__setattr__(self, "num_symbols", check_int("num_symbols", self.num_symbols, 2))
+        if self.num_keys > self.num_tokens:
+            raise ValueError(
+                f"'num_keys' should be at most the number of patches {self.num_tokens} but got "
+                f"{self.num_keys}"
+            )
+        num_classes = self.num_classes
+        if num_classes is None:
+            num_classes = self.num_keys * (self.num_symbols - 1) + 1
+        object.__setattr__(self, "num_classes", check_int("num_classes", num_classes, 2))
+        check_number("noise", self.noise, 0.0, strict=False)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid_size * self.grid_size
+
+
 class PlantedDataset(ImageDataset):
+    """Planted images whose key patches sit at the same grid locations in every image.
+
+    A subclass changes where the keys are (``draw_task``, ``draw_keys``) and what the images show
+    besides the symbols (``add_channels``); ``make_planted`` draws any of them in one order."""
+
+    split_offset = 0  # added to each split's seed: another stream for another kind of task
+
     def __init__(
         self,
         images: torch.Tensor,
@@ -40,7 +85,7 @@ class PlantedDataset(ImageDataset):
     ) -> None:
         super().__init__(images, labels, num_classes)
         self.symbols = symbols  # (M, N) symbol shown by each patch
-        self.key_positions = key_positions  # (K,) row-major grid indices, sorted
+        self.key_positions = key_positions  # (K,) row-major grid indices, sorted (or (M, K))
         self.codebook = codebook  # (S, C, p, p)
         self.patch_size = patch_size
         self.noise = noise
@@ -65,11 +110,28 @@ class PlantedDataset(ImageDataset):
         return {"key_recall": key_recall(index, self.key_positions)}
 
     def decode_symbols(self, images: torch.Tensor) -> torch.Tensor:
-        """The nearest codebook symbol of every patch of ``images (M, C, H, W)`` -> ``(M, N)``."""
-        tokens = patchify(images, self.patch_size)  # (M, N, D)
+        """The nearest codebook symbol of every patch of ``images (M, C', H, W)`` -> ``(M, N)``,
+        read from the codebook's ``C <= C'`` channels."""
+        tokens = patchify(images[:, : self.codebook.shape[1]], self.patch_size)  # (M, N, D)
         patterns = self.codebook.flatten(1)  # (S, D)
         dist = torch.cdist(tokens, patterns.expand(tokens.shape[0], -1, -1))  # (M, N, S)
         return dist.argmin(-1)
+
+    @staticmethod
+    def draw_task(opts: PlantedOptions, generator: torch.Generator):
+        """What every image shares: the key positions ``(K,)``, then the codebook."""
+        keys = torch.randperm(opts.num_tokens, generator=generator)[: opts.num_keys].sort().values
+        return keys, _draw_codebook(opts.num_symbols, opts.channels, opts.patch_size, generator)
+
+    @staticmethod
+    def draw_keys(opts: PlantedOptions, num: int, task_keys, generator) -> torch.Tensor:
+        """The key positions of ``num`` images of a split: the task's own."""
+        return task_keys
+
+    @staticmethod
+    def add_channels(opts: PlantedOptions, content, keys, generator) -> torch.Tensor:
+        """The images from the symbols' ``content (M, C, H, W)``: nothing more to show."""
+        return content
 
 
 def key_recall(index: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
@@ -83,8 +145,10 @@ def key_recall(index: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor
 
 
 def planted_labels(symbols: torch.Tensor, key_positions: torch.Tensor, num_classes: int):
-    """The label rule: the key patches' symbols summed, mod ``num_classes``. ``(M, N) -> (M,)``."""
-    return symbols[:, key_positions].sum(1) % num_classes
+    """The label rule: the key patches' symbols summed, mod ``num_classes``. ``symbols (M, N)``,
+    ``key_positions (K,)`` or ``(M, K)`` (keys per image) -> ``(M,)``."""
+    keys = key_positions.expand(symbols.shape[0], key_positions.shape[-1])  # (M, K)
+    return symbols.gather(1, keys).sum(1) % num_classes
 
 
 def render_planted(
@@ -122,74 +186,35 @@ def _draw_codebook(num_symbols: int, channels: int, patch_size: int, generator: 
     return (0.25 + 0.5 * bits.float()).reshape(num_symbols, channels, patch_size, patch_size)
 
 
-def check_options(
-    num_train, num_val, grid_size, patch_size, channels, num_keys, num_symbols, num_classes, noise
-) -> int:
-    """Validate the planted options shared by ``planted`` and ``planted_moving``; returns
-    ``num_classes`` (by default every value the key sum can take)."""
-    for name, value in (
-        ("num_train", num_train),
-        ("num_val", num_val),
-        ("grid_size", grid_size),
-        ("patch_size", patch_size),
-        ("channels", channels),
-        ("num_keys", num_keys),
-    ):
-        check_count(name, value)
-    check_count("num_symbols", num_symbols, minimum=2)
-    num_tokens = grid_size * grid_size
-    if num_keys > num_tokens:
-        raise ValueError(
-            f"'num_keys' should be at most the number of patches {num_tokens} but got {num_keys}"
-        )
-    if num_classes is None:
-        num_classes = num_keys * (num_symbols - 1) + 1
-    check_count("num_classes", num_classes, minimum=2)
-    if not noise >= 0.0:
-        raise ValueError(f"'noise' should be >= 0 but got {noise}")
-    return num_classes
-
-
-def planted(
-    *,
-    num_train: int = 2048,
-    num_val: int = 512,
-    grid_size: int = 8,
-    patch_size: int = 4,
-    channels: int = 1,
-    num_keys: int = 8,
-    num_symbols: int = 2,
-    num_classes: int | None = None,
-    noise: float = 0.1,
-    seed: int = 0,
-    task_seed: int | None = None,
-) -> tuple[PlantedDataset, PlantedDataset]:
-    """Build the train and val splits of the planted task. ``task_seed`` fixes the task (the key
-    positions and the symbol codebook), ``seed`` the images drawn from it; ``task_seed=None``
-    takes ``seed`` for both. A study pins ``task_seed``, so every seed run learns the same task
-    from images of its own, and an order learned on one seed can be evaluated on another."""
-    num_tokens = grid_size * grid_size
-    num_classes = check_options(num_train, num_val, grid_size, patch_size, channels, num_keys,
-                                num_symbols, num_classes, noise)  # fmt: skip
-
-    generator = torch.Generator().manual_seed(seed if task_seed is None else task_seed)
-    key_positions = torch.randperm(num_tokens, generator=generator)[:num_keys].sort().values
-    codebook = _draw_codebook(num_symbols, channels, patch_size, generator)
+def make_planted(dataset_class: type[PlantedDataset], **options):
+    """The train and val splits of a planted task of kind ``dataset_class``, options as in
+    ``PlantedOptions``. ``task_seed`` (``None``: ``seed``) seeds what every image shares;
+    each split's images are drawn from ``seed``, the split and the kind's ``split_offset``, in
+    this order: symbols, the split's keys, pixel noise, then the kind's extra channels."""
+    opts = PlantedOptions(**options)
+    task_seed = opts.seed if opts.task_seed is None else opts.task_seed
+    task_keys, codebook = dataset_class.draw_task(opts, torch.Generator().manual_seed(task_seed))
 
     def split(name: str, num: int) -> PlantedDataset:
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + _SPLIT_STREAMS[name])
-        symbols = torch.randint(num_symbols, (num, num_tokens), generator=gen)
-        images = render_planted(symbols, codebook, grid_size, noise, gen)
-        labels = planted_labels(symbols, key_positions, num_classes)
-        return PlantedDataset(
-            images,
-            labels,
-            num_classes,
-            symbols=symbols,
-            key_positions=key_positions,
-            codebook=codebook,
-            patch_size=patch_size,
-            noise=noise,
-        )
+        stream = opts.seed * 1_000_003 + _SPLIT_STREAMS[name] + dataset_class.split_offset
+        gen = torch.Generator().manual_seed(stream)
+        symbols = torch.randint(opts.num_symbols, (num, opts.num_tokens), generator=gen)  # (M, N)
+        keys = dataset_class.draw_keys(opts, num, task_keys, gen)  # (K,) or (M, K)
+        content = render_planted(symbols, codebook, opts.grid_size, opts.noise, gen)
+        images = dataset_class.add_channels(opts, content, keys, gen)  # (M, C', H, W)
+        labels = planted_labels(symbols, keys, opts.num_classes)
+        return dataset_class(
+            images, labels, opts.num_classes, symbols=symbols, key_positions=keys,
+            codebook=codebook, patch_size=opts.patch_size, noise=opts.noise,
+        )  # fmt: skip
 
-    return split("train", num_train), split("val", num_val)
+    return split("train", opts.num_train), split("val", opts.num_val)
+
+
+def planted(**options) -> tuple[PlantedDataset, PlantedDataset]:
+    """Build the train and val splits of the planted task (options: ``PlantedOptions``).
+    ``task_seed`` fixes the task (the key positions and the symbol codebook), ``seed`` the images
+    drawn from it; ``task_seed=None`` takes ``seed`` for both. A study pins ``task_seed``, so every
+    seed run learns the same task from images of its own, and an order learned on one seed can be
+    evaluated on another."""
+    return make_planted(PlantedDataset, **options)

@@ -11,20 +11,15 @@ from __future__ import annotations
 
 import torch
 
-from .base import ImageDataset
 from .patches import unpatchify
-from .planted import _SPLIT_STREAMS, _draw_codebook, check_options, key_recall, render_planted
+from .planted import PlantedDataset, PlantedOptions, _draw_codebook, key_recall, make_planted
 
 
-class MovingPlantedDataset(ImageDataset):
-    def __init__(self, images, labels, num_classes, *, symbols, key_positions, codebook,
-                 patch_size, noise):  # fmt: skip
-        super().__init__(images, labels, num_classes)
-        self.symbols = symbols  # (M, N)
-        self.key_positions = key_positions  # (M, K): each image's own keys, sorted
-        self.codebook = codebook  # (S, C, p, p)
-        self.patch_size = patch_size
-        self.noise = noise
+class MovingPlantedDataset(PlantedDataset):
+    """Planted images whose ``key_positions (M, K)`` differ from image to image (each row
+    sorted), with a last channel marking them."""
+
+    split_offset = 7
 
     def is_key(self) -> torch.Tensor:
         """``(M, N)`` boolean: which patches of each image are keys."""
@@ -37,6 +32,9 @@ class MovingPlantedDataset(ImageDataset):
             "image (oracle_orders() gives one per image)"
         )
 
+    def shared_keys(self) -> list[int] | None:
+        return None  # no key patches common to every image
+
     def order_metrics(self, index: torch.Tensor, first: int) -> dict[str, torch.Tensor]:
         keys = self.key_positions[first : first + index.shape[0]]  # (B, K): these images' keys
         return {"key_recall": key_recall(index, keys)}
@@ -45,42 +43,30 @@ class MovingPlantedDataset(ImageDataset):
         """``(M, N)``: each image's distractors in row-major order, then its keys."""
         return self.is_key().to(torch.int8).argsort(dim=1, stable=True)
 
+    @staticmethod
+    def draw_task(opts: PlantedOptions, generator: torch.Generator):
+        """No shared keys: the task is its codebook."""
+        return None, _draw_codebook(opts.num_symbols, opts.channels, opts.patch_size, generator)
 
-def planted_moving(
-    *,
-    num_train: int = 2048,
-    num_val: int = 512,
-    grid_size: int = 8,
-    patch_size: int = 4,
-    channels: int = 1,
-    num_keys: int = 8,
-    num_symbols: int = 2,
-    num_classes: int | None = None,
-    noise: float = 0.1,
-    seed: int = 0,
-) -> tuple[MovingPlantedDataset, MovingPlantedDataset]:
-    """Train and val splits; images have ``channels + 1`` channels, the last one the marker."""
-    num_classes = check_options(num_train, num_val, grid_size, patch_size, channels, num_keys,
-                                num_symbols, num_classes, noise)  # fmt: skip
-    n = grid_size * grid_size
-    codebook = _draw_codebook(
-        num_symbols, channels, patch_size, torch.Generator().manual_seed(seed)
-    )
+    @staticmethod
+    def draw_keys(opts: PlantedOptions, num: int, task_keys, generator) -> torch.Tensor:
+        """``num_keys`` random patches per image, sorted: ``(M, K)``."""
+        order = torch.rand(num, opts.num_tokens, generator=generator).argsort(1)  # (M, N)
+        return order[:, : opts.num_keys].sort(1).values
 
-    def split(name: str, num: int) -> MovingPlantedDataset:
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + _SPLIT_STREAMS[name] + 7)
-        symbols = torch.randint(num_symbols, (num, n), generator=gen)
-        keys = torch.rand(num, n, generator=gen).argsort(1)[:, :num_keys].sort(1).values  # (M, K)
-        content = render_planted(symbols, codebook, grid_size, noise, gen)  # (M, C, H, W)
+    @staticmethod
+    def add_channels(opts: PlantedOptions, content, keys, generator) -> torch.Tensor:
+        """``content (M, C, H, W)`` and the marker channel: ``(M, C + 1, H, W)``."""
+        num, n, p = content.shape[0], opts.num_tokens, opts.patch_size
         is_key = torch.zeros(num, n).scatter_(1, keys, 1.0)  # (M, N)
-        marker = (0.25 + 0.5 * is_key)[..., None].expand(num, n, patch_size**2)  # (M, N, p*p)
-        marker = marker + noise * torch.randn(marker.shape, generator=gen)
-        side = grid_size * patch_size
-        marker = unpatchify(marker.clamp(0.0, 1.0), patch_size, side, side)  # (M, 1, H, W)
-        labels = symbols.gather(1, keys).sum(1) % num_classes
-        return MovingPlantedDataset(
-            torch.cat([content, marker], dim=1), labels, num_classes, symbols=symbols,
-            key_positions=keys, codebook=codebook, patch_size=patch_size, noise=noise,
-        )  # fmt: skip
+        marker = (0.25 + 0.5 * is_key)[..., None].expand(num, n, p**2)  # (M, N, p*p)
+        marker = marker + opts.noise * torch.randn(marker.shape, generator=generator)
+        side = opts.grid_size * p
+        marker = unpatchify(marker.clamp(0.0, 1.0), p, side, side)  # (M, 1, H, W)
+        return torch.cat([content, marker], dim=1)
 
-    return split("train", num_train), split("val", num_val)
+
+def planted_moving(**options) -> tuple[MovingPlantedDataset, MovingPlantedDataset]:
+    """Train and val splits (options: ``PlantedOptions``; ``task_seed`` seeds the codebook);
+    images have ``channels + 1`` channels, the last one the marker."""
+    return make_planted(MovingPlantedDataset, **options)
