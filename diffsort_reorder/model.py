@@ -18,9 +18,11 @@ from torch import nn
 from estimators import Wants
 
 from .backbones import SequenceBackbone
+from .checks import check_choice
 
 POS_EMBEDS = ("patch", "slot", "none")
-# A saliency probe an orderer may want -> the method that computes it.
+# The probes this model answers (``Wants("probe", probe=name)``): training-free saliencies, each
+# name -> the method that computes it.
 SALIENCY_PROBES = {"gradient": "gradient_saliency", "attention": "attention_saliency"}
 
 
@@ -29,9 +31,7 @@ class PatchSequenceModel(nn.Module):
         self, patch_dim: int, num_tokens: int, backbone: SequenceBackbone, pos_embed: str = "patch"
     ) -> None:
         super().__init__()
-        if pos_embed not in POS_EMBEDS:
-            raise ValueError(f"'pos_embed' should be one of {POS_EMBEDS} but got {pos_embed!r}")
-        self.pos_embed_mode = pos_embed
+        self.pos_embed_mode = check_choice("pos_embed", pos_embed, POS_EMBEDS)
         self.patch_embed = nn.Linear(patch_dim, backbone.dim)
         self.pos_embed = None
         if pos_embed != "none":
@@ -77,15 +77,13 @@ class PatchSequenceModel(nn.Module):
 
     def answer(self, wants: Wants, tokens: torch.Tensor) -> torch.Tensor | None:
         """What an orderer's ``wants`` asks for, computed on the canonical order of ``tokens``
-        ``(B, N, D)``: None, early features ``(B, N, D)`` or a saliency ``(B, N, 1)``."""
+        ``(B, N, D)``: None, early features ``(B, N, D)`` or, for a probe, a saliency ``(B, N, 1)``
+        (the probes are this model's: :data:`SALIENCY_PROBES`)."""
         if wants.kind == "blocks":
             return self.early_features(tokens, wants.blocks)
-        if wants.kind == "saliency":
-            if wants.probe not in SALIENCY_PROBES:
-                raise ValueError(
-                    f"'probe' should be one of {tuple(SALIENCY_PROBES)} but got {wants.probe!r}"
-                )
-            return getattr(self, SALIENCY_PROBES[wants.probe])(tokens)[..., None]  # (B, N, 1)
+        if wants.kind == "probe":
+            method = SALIENCY_PROBES[check_choice("probe", wants.probe, SALIENCY_PROBES)]
+            return getattr(self, method)(tokens)[..., None]  # (B, N, 1)
         return None
 
     def classify(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,10 @@ descending (slot 0 gets the highest score); ``tau`` is the temperature (smaller 
 
 from . import saliency as _saliency  # noqa: F401
 from . import samplers as _samplers  # noqa: F401  (registers the estimators)
-from . import sorters as _sorters  # noqa: F401
-from .modules import PermutationEstimator, Wants
-from .modules import ramp_scores as ramp_scores
+from . import score_estimators as _score_estimators  # noqa: F401
+from .base import PermutationEstimator, Wants
+from .base import ramp_scores as ramp_scores
+from .matrix_free import softsort_apply
 from .permutation import PermutationOutput, apply_permutation, hard_permutation
 from .plackett_luce import (
     plackett_luce_log_prob,
@@ -17,12 +18,11 @@ from .plackett_luce import (
     plackett_luce_sequential_entropy,
 )
 from .registry import create_estimator, list_estimators, register_estimator
-from .scan import softsort_apply
+from .relaxations import neuralsort, ot_sort, soft_rank_permutation, softsort, sort_permutation
 from .sinkhorn import SinkhornConvergenceWarning, SinkhornFallbackWarning, gumbel_sinkhorn, sinkhorn
 from .sinkhorn import marginal_error as marginal_error
 from .sinkhorn import sample_gumbel as sample_gumbel
 from .sinkhorn import sinkhorn_ref as sinkhorn_ref
-from .sorting import neuralsort, ot_sort, soft_rank_permutation, softsort, sort_permutation
 
 # The public API. References and helpers (``sinkhorn_ref``, ``sample_gumbel``,
 # ``marginal_error``, ``ramp_scores``) stay importable from here for existing callers but belong

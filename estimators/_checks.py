@@ -81,6 +81,20 @@ def check_count(name: str, value: object, minimum: int = 1) -> int:
     return x
 
 
+def check_choice(name: str, value: object, choices) -> str:
+    """``value`` if it is one of ``choices``, else a ValueError listing them:
+    ``'<name>' should be one of a, b, c but got <value!r>``."""
+    choices = tuple(choices)
+    try:
+        known = value in choices
+    except (TypeError, ValueError):  # an array's ambiguous truth value
+        known = False
+    if not known:
+        listed = ", ".join(str(c) for c in choices)
+        raise ValueError(f"'{name}' should be one of {listed} but got {value!r}")
+    return value
+
+
 def check_float_tensor(name: str, x: object, min_dim: int = 1) -> torch.Tensor:
     """A floating-point tensor with at least ``min_dim`` dimensions and ``N >= 1`` items."""
     if not isinstance(x, torch.Tensor):

@@ -23,20 +23,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_count
-from .modules import (
+from ._checks import check_choice, check_count
+from .base import (
     MATERIALIZE_LIMIT,
     PermutationEstimator,
     Wants,
     _Reinforce,
-    draw_part,
+    draw_share,
     ramp_scores,
 )
+from .matrix_free import softsort_apply
 from .permutation import PermutationOutput, _permute_tokens, apply_permutation
 from .plackett_luce import _log_prob, plackett_luce_sample
 from .registry import register_estimator
-from .scan import softsort_apply
-from .sorting import neuralsort, ot_sort, soft_rank_permutation, softsort, sort_permutation
+from .relaxations import (
+    neuralsort,
+    ot_sort,
+    soft_rank_permutation,
+    softsort,
+    sort_permutation,
+)
 
 RELAXATIONS = {
     "softsort": softsort,
@@ -61,10 +67,7 @@ class SaliencyEstimator(_Reinforce, PermutationEstimator):
         self, num_tokens, *, dim, tau=1.0, init_order=None, relaxation="softsort", hidden=64,
         feature_blocks=1, hard=False, momentum=0.99, materialize_limit=MATERIALIZE_LIMIT,
     ) -> None:  # fmt: skip
-        if relaxation not in RELAXATIONS:
-            raise ValueError(
-                f"'relaxation' should be one of {tuple(RELAXATIONS)} but got {relaxation!r}"
-            )
+        check_choice("relaxation", relaxation, RELAXATIONS)
         super().__init__(
             num_tokens, tau=tau, init_order=init_order, materialize_limit=materialize_limit
         )
@@ -117,7 +120,9 @@ class SaliencyEstimator(_Reinforce, PermutationEstimator):
             index = sort_permutation(s.detach())  # (B, N): each image its own order
             return self.indexed_output(tokens, index)
         if self.relaxation == "plackett_luce":
-            index = draw_part(lambda: plackett_luce_sample(s, 1, self.tau)[0], self.part)  # (B, N)
+            index = draw_share(
+                lambda: plackett_luce_sample(s, 1, self.tau)[0], self.batch_share
+            )  # (B, N)
             log_prob = _log_prob(s, index, self.tau)  # (B,), at the sampling tau
             aux = {"log_prob": log_prob.detach().mean(), "baseline": self.baseline.clone()}
             return self.indexed_output(tokens, index, log_prob=log_prob, aux=aux)

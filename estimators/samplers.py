@@ -6,22 +6,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_count, check_nonnegative, check_positive
-from .modules import (
+from ._checks import check_choice, check_count, check_nonnegative, check_positive
+from .base import (
     MATERIALIZE_LIMIT,
     PermutationEstimator,
     _check_samples,
     _Reinforce,
     _soft_aux,
     _with_fallbacks,
-    draw_part,
+    draw_share,
     ramp_scores,
 )
 from .permutation import PermutationOutput, apply_permutation, hard_permutation
 from .plackett_luce import _log_prob, _sequential_entropy, plackett_luce_sample
 from .registry import register_estimator
+from .relaxations import sort_permutation
 from .sinkhorn import BACKWARDS, gumbel_sinkhorn, sample_gumbel
-from .sorting import sort_permutation
 
 
 @register_estimator("gumbel_sinkhorn")
@@ -42,9 +42,7 @@ class GumbelSinkhornEstimator(PermutationEstimator):
         self.n_iters = check_count("n_iters", n_iters)
         self.noise = check_nonnegative("noise", noise)
         self.samples = _check_samples(samples)
-        if backward not in BACKWARDS:
-            raise ValueError(f"'backward' should be one of {BACKWARDS} but got {backward!r}")
-        self.backward_mode = backward
+        self.backward_mode = check_choice("backward", backward, BACKWARDS)
         self.hard = bool(hard)
         one_hot = nn.functional.one_hot(self.init_order, num_tokens).float()  # (N, N)
         self.log_alpha = nn.Parameter(check_positive("init_scale", init_scale) * one_hot)
@@ -57,8 +55,8 @@ class GumbelSinkhornEstimator(PermutationEstimator):
         draws = b if self.samples == "image" else 1
         log_alpha = self.log_alpha.expand(draws, -1, -1)  # (S, N, N), never in half precision
         noise = self.noise
-        if self.samples == "image" and noise:  # this part's noise of the whole batch's
-            gumbel = draw_part(lambda: sample_gumbel(log_alpha.shape, log_alpha), self.part)
+        if self.samples == "image" and noise:  # this share's noise of the whole batch's
+            gumbel = draw_share(lambda: sample_gumbel(log_alpha.shape, log_alpha), self.batch_share)
             log_alpha, noise = log_alpha + noise * gumbel, 0.0  # as gumbel_sinkhorn adds it
         P, fallbacks = _with_fallbacks(
             lambda x: gumbel_sinkhorn(
@@ -121,8 +119,9 @@ class PlackettLuceEstimator(_Reinforce, PermutationEstimator):
     def train_forward(self, tokens: torch.Tensor) -> PermutationOutput:
         groups = self.groups(tokens.shape[0], tokens.device)  # (B,)
         k = int(groups.max()) + 1
-        part = self.part if self.samples == "image" else (0, 1)  # per batch: the same everywhere
-        draws = draw_part(lambda: plackett_luce_sample(self.logits, k, self.tau), part)  # (K, N)
+        # Per batch: one draw, whatever share of the batch this is; per image: this share's.
+        share = self.batch_share if self.samples == "image" else (0, 1)
+        draws = draw_share(lambda: plackett_luce_sample(self.logits, k, self.tau), share)  # (K, N)
         index = draws.to(tokens.device)[groups]  # (B, N)
         log_prob = _log_prob(self.logits, index, self.tau)  # (B,), at sampling tau
         aux = {"log_prob": log_prob.detach().mean(), "baseline": self.baseline.clone()}

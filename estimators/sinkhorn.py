@@ -38,7 +38,13 @@ from typing import NamedTuple
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._checks import check_count, check_nonnegative, check_positive, check_square
+from ._checks import (
+    check_choice,
+    check_count,
+    check_nonnegative,
+    check_positive,
+    check_square,
+)
 from ._precision import full_precision, upcast
 
 BACKWARDS = ("unrolled", "implicit")
@@ -232,8 +238,7 @@ def sinkhorn(
     check_every = check_count("check_every", check_every)
     if tol is not None:
         tol = check_positive("tol", tol)
-    if backward not in BACKWARDS:
-        raise ValueError(f"'backward' should be one of {BACKWARDS} but got {backward!r}")
+    check_choice("backward", backward, BACKWARDS)
     shape = log_alpha.shape
     # Rounds normalize the columns, then the rows, so the rows of P sum to 1 exactly and the
     # columns within the marginal error: run the row-first code on the transpose.

@@ -27,7 +27,8 @@ from diffsort_reorder.run.checks import check_config
 from diffsort_reorder.run.distributed import World
 from diffsort_reorder.run.evaluate import evaluate
 from diffsort_reorder.run.result import RunResult
-from estimators import create_estimator
+from estimators import create_estimator, list_estimators
+from estimators.registry import ESTIMATORS
 
 # A 2-process run against one process on the same global batches, float32: the global mean is a
 # mean of two half-batch means and the gradients are summed across processes, so results differ
@@ -219,7 +220,7 @@ def test_per_image_draws_are_each_ranks_part_of_one_process_draws(name, options)
     def forward(part, rows):
         torch.manual_seed(3)
         est = create_estimator(name, num_tokens=5, tau=0.5, **options)
-        est.part = part
+        est.batch_share = part
         out = est(tokens[rows])
         return out, torch.get_rng_state()
 
@@ -231,3 +232,22 @@ def test_per_image_draws_are_each_ranks_part_of_one_process_draws(name, options)
         soft = torch.cat([out.soft for out, _ in halves])
         torch.testing.assert_close(soft, whole.soft, rtol=0, atol=1e-6)
     assert all(torch.equal(rank_state, state) for _, rank_state in halves)
+
+
+@pytest.mark.parametrize("name", list_estimators())
+def test_every_estimator_on_shares_of_a_batch_gives_the_whole_batch_output(name):
+    """Whatever an estimator draws (per batch, per image, nothing), the shares of a batch that
+    set ``batch_share`` get the whole batch's permutations and leave the random state alike."""
+    tokens = torch.randn(8, 5, 6, generator=torch.Generator().manual_seed(0))  # (B, N, D)
+    extra = {k: 6 for k in ESTIMATORS[name].extra_required}  # saliency: dim
+
+    def forward(share, rows):
+        torch.manual_seed(3)
+        est = create_estimator(name, num_tokens=5, tau=0.5, **extra)
+        est.batch_share = share
+        return est(tokens[rows]).index, torch.get_rng_state()
+
+    whole, state = forward((0, 1), slice(None))
+    halves = [forward((i, 2), slice(4 * i, 4 * i + 4)) for i in (0, 1)]
+    assert torch.equal(torch.cat([index for index, _ in halves]), whole)
+    assert all(torch.equal(share_state, state) for _, share_state in halves)

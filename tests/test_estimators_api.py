@@ -42,9 +42,9 @@ PUBLIC_API = {
     "softsort_apply",  # softsort(s) @ x without the N x N matrix
 }  # fmt: skip
 HELPERS = {"sinkhorn_ref": "sinkhorn", "sample_gumbel": "sinkhorn", "marginal_error": "sinkhorn",
-           "ramp_scores": "modules"}  # fmt: skip
-SUBMODULES = ("permutation", "plackett_luce", "registry", "sinkhorn", "sorting", "modules",
-              "sorters", "samplers", "saliency", "scan")  # fmt: skip
+           "ramp_scores": "base"}  # fmt: skip
+SUBMODULES = ("permutation", "plackett_luce", "registry", "sinkhorn", "relaxations", "base",
+              "score_estimators", "samplers", "saliency", "matrix_free")  # fmt: skip
 TORCHSORT_RECIPE = "pip install --no-build-isolation torchsort"
 
 
@@ -135,7 +135,7 @@ def test_estimators_skip_the_check_on_indices_they_built(name, hparams, monkeypa
         calls.append(arg)
         return index
 
-    for module in ("permutation", "plackett_luce", "modules", "saliency"):
+    for module in ("permutation", "plackett_luce", "base", "saliency"):
         mod = importlib.import_module(f"estimators.{module}")
         if hasattr(mod, "check_permutation_index"):
             monkeypatch.setattr(mod, "check_permutation_index", counting)
@@ -273,7 +273,7 @@ def test_saliency_says_it_needs_dim(dim):
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """A copy of the registry, so a test may register names without leaving them behind."""
-    monkeypatch.setattr(registry, "ESTIMATORS", dict(registry.ESTIMATORS))
+    monkeypatch.setattr(registry, "ESTIMATORS", registry.ESTIMATORS.copy())
     return registry.ESTIMATORS
 
 

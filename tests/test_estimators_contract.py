@@ -222,7 +222,7 @@ def test_matrix_estimators_refuse_tokens_above_the_limit(name):
 @pytest.mark.parametrize("never", [None, math.inf])
 def test_never_apply_holds_above_the_default_limit(never):
     n = 5000  # above the default 4096: only "never" keeps P formed here
-    est = estimators.sorters.SoftSortEstimator(n, materialize_limit=never)
+    est = estimators.score_estimators.SoftSortEstimator(n, materialize_limit=never)
     assert est.materialize_limit is None and not est.applies()
     assert create_estimator("softsort", num_tokens=n, materialize_limit=math.inf).applies() is False
     assert create_estimator("softsort", num_tokens=n).applies()  # None from a config: default

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 import estimators as E
-from estimators.scan import softsort_apply_ref
+from estimators.matrix_free import softsort_apply_ref
 
 from . import find_row, measure, parse_sizes, print_results
 

@@ -52,7 +52,7 @@ class SaliencyProbeOrder(PermutationEstimator):
         if place not in self.PLACES:
             raise ValueError(f"'place' should be one of {self.PLACES} but got {place!r}")
         self.place = place
-        self.wants = Wants("saliency", probe=probe)
+        self.wants = Wants("probe", probe=probe)  # a saliency the model computes
 
     def order(self) -> torch.Tensor:
         return self.init_order

@@ -121,7 +121,7 @@ def build_run(cfg: DictConfig) -> Run:
         cfg.method, train_set, grid, cfg.get("estimator"), data_cfg.patch_size, cfg.get("prior"),
         token_dim=backbone.dim, order=cfg.get("order"),
     ).to(device)  # fmt: skip
-    orderer.part = (world.rank, world.size)  # draws per image: this rank's part of the batch's
+    orderer.batch_share = (world.rank, world.size)  # each rank's share of each global batch
     world.broadcast_from_main([model, orderer])
     if t.compile:
         model.backbone = torch.compile(model.backbone)

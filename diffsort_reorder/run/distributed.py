@@ -12,9 +12,11 @@ computed from the whole global batch's rewards and log-probabilities (:meth:`Wor
 the gradients are averaged after ``backward`` (an explicit all-reduce, since the model is called
 through ``embed``/``answer``/``classify`` rather than one ``forward`` and the orderer's parameters
 are unused outside the policy phase, two things ``DistributedDataParallel`` handles badly), so
-every rank applies the same step. What is drawn per image is drawn per rank from that shared
-stream: rank r's i-th image gets the noise rank 0's i-th image gets (valid samples, but repeated
-across ranks, not what one process would draw for those images).
+every rank applies the same step. What is drawn per image is drawn for the whole global batch:
+the orderer's ``batch_share`` is ``(rank, world size)``, so every rank makes every rank's draws in
+turn from that shared stream and keeps its own share's. The ranks' draws differ, every rank's
+random state moves alike, and on the CPU (where torch draws in sequence) they are exactly the
+draws one process makes for the global batch.
 """
 
 from __future__ import annotations

@@ -6,19 +6,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_count
-from .modules import (
+from ._checks import check_choice, check_count
+from .base import (
     MATERIALIZE_LIMIT,
     PermutationEstimator,
     _soft_aux,
     _with_fallbacks,
     ramp_scores,
 )
+from .matrix_free import soft_rank_apply, softsort_apply, softsort_column_sums
 from .permutation import PermutationOutput, _permute_tokens, apply_permutation
 from .registry import register_estimator
-from .scan import soft_rank_apply, softsort_apply, softsort_column_sums
-from .sinkhorn import BACKWARDS
-from .sorting import (
+from .relaxations import (
     KERNELS,
     REGULARIZATIONS,
     import_torchsort,
@@ -28,6 +27,7 @@ from .sorting import (
     softsort,
     sort_permutation,
 )
+from .sinkhorn import BACKWARDS
 
 
 class _ScoreSortEstimator(PermutationEstimator):
@@ -102,8 +102,9 @@ class NeuralSortEstimator(_ScoreSortEstimator):
 class TorchSortEstimator(_ScoreSortEstimator):
     """One learned score per token, relaxed by :func:`estimators.soft_rank_permutation`
     (torchsort's soft ranks; needs torchsort installed). ``kernel="l1"`` has an apply path
-    (:func:`estimators.scan.soft_rank_apply`): above ``materialize_limit`` tokens it orders them
-    without the matrix, with no ``aux`` diagnostics; ``"squared"`` (the default) only forms P."""
+    (:func:`estimators.matrix_free.soft_rank_apply`): above ``materialize_limit`` tokens it orders
+    them without the matrix, with no ``aux`` diagnostics; ``"squared"`` (the default) only forms
+    P."""
 
     soft_path = None  # decided by the kernel
 
@@ -112,12 +113,8 @@ class TorchSortEstimator(_ScoreSortEstimator):
         kernel="squared", materialize_limit=MATERIALIZE_LIMIT,
     ):  # fmt: skip
         import_torchsort()  # fail when built, not at the first training step
-        if regularization not in REGULARIZATIONS:
-            raise ValueError(
-                f"'regularization' should be one of {REGULARIZATIONS} but got {regularization!r}"
-            )
-        if kernel not in KERNELS:
-            raise ValueError(f"'kernel' should be one of {KERNELS} but got {kernel!r}")
+        check_choice("regularization", regularization, REGULARIZATIONS)
+        check_choice("kernel", kernel, KERNELS)
         super().__init__(
             num_tokens, tau=tau, init_order=init_order, hard=hard,
             materialize_limit=materialize_limit,
@@ -151,9 +148,7 @@ class OTSortEstimator(_ScoreSortEstimator):
             materialize_limit=materialize_limit,
         )  # fmt: skip
         self.n_iters = check_count("n_iters", n_iters)
-        if backward not in BACKWARDS:
-            raise ValueError(f"'backward' should be one of {BACKWARDS} but got {backward!r}")
-        self.backward_mode = backward
+        self.backward_mode = check_choice("backward", backward, BACKWARDS)
 
     def relax(self, scores):
         return ot_sort(scores, self.tau, self.n_iters, backward=self.backward_mode, hard=self.hard)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_float_tensor, check_positive
+from ._checks import check_choice, check_float_tensor, check_positive
 from ._precision import full_precision
 from .sinkhorn import sinkhorn
 
@@ -115,8 +115,8 @@ def soft_rank_permutation(
     ``r = torchsort.soft_rank(-s, regularization, regularization_strength=tau)`` gives each item a
     soft rank in [1, N] (1 = highest score); ``P[i, j] = softmax_j(-(r_j - (i + 1))^2 / tau)``
     (``kernel="squared"``) or ``softmax_j(-|r_j - (i + 1)| / tau)`` (``kernel="l1"``, which
-    :func:`estimators.scan.soft_rank_apply` applies without the matrix) puts at slot ``i`` the
-    items whose rank is near ``i + 1``. ``regularization="l2"`` is the default because ``"kl"``
+    :func:`estimators.matrix_free.soft_rank_apply` applies without the matrix) puts at slot ``i``
+    the items whose rank is near ``i + 1``. ``regularization="l2"`` is the default because ``"kl"``
     gives NaN gradients at small strength (torchsort issue 63).
     """
     check_float_tensor("scores", scores)
@@ -131,12 +131,8 @@ def soft_rank_permutation(
 def _soft_ranks(scores: torch.Tensor, tau: float, regularization: str, kernel: str):
     """torchsort's soft ranks ``(..., N)`` of ``-scores`` and the slots ``1 .. N``."""
     torchsort = import_torchsort()
-    if regularization not in REGULARIZATIONS:
-        raise ValueError(
-            f"'regularization' should be one of {REGULARIZATIONS} but got {regularization!r}"
-        )
-    if kernel not in KERNELS:
-        raise ValueError(f"'kernel' should be one of {KERNELS} but got {kernel!r}")
+    check_choice("regularization", regularization, REGULARIZATIONS)
+    check_choice("kernel", kernel, KERNELS)
     n = scores.shape[-1]
     flat = scores.reshape(-1, n)  # torchsort takes 2-d input only
     ranks = torchsort.soft_rank(-flat, regularization=regularization, regularization_strength=tau)

@@ -3,9 +3,9 @@
 All share one contract (see :class:`PermutationEstimator`), so a training loop runs any of them
 without knowing which: ``out = est(tokens)``, ``loss = task_loss + est.surrogate_loss(out, per
 sample task loss)``, and ``est.tau`` may be set every step. The estimators themselves: learned
-scores relaxed by a differentiable sort in :mod:`.sorters`, sampled orders (Gumbel-Sinkhorn,
-Plackett-Luce) in :mod:`.samplers`, orders per image from early-layer features in
-:mod:`.saliency`.
+scores relaxed by a differentiable sort in :mod:`.score_estimators`, sampled orders
+(Gumbel-Sinkhorn, Plackett-Luce) in :mod:`.samplers`, orders per image from early-layer features
+in :mod:`.saliency`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ._checks import (
+    check_choice,
     check_count,
     check_float_tensor,
     check_nonnegative,
@@ -55,8 +56,7 @@ class _Reinforce:
     ) -> None:
         momentum = check_real("momentum", momentum, 0.0, 1.0, high_open=True)
         entropy_weight = check_nonnegative("entropy_weight", entropy_weight)
-        if baseline not in BASELINES:
-            raise ValueError(f"'baseline' should be one of {BASELINES} but got {baseline!r}")
+        check_choice("baseline", baseline, BASELINES)
         self.momentum, self.entropy_weight = momentum, entropy_weight
         self.baseline_kind = baseline
         self.register_buffer("baseline", torch.zeros(()))
@@ -103,16 +103,17 @@ def ramp_scores(order: torch.Tensor) -> torch.Tensor:
     return scores
 
 
-def draw_part(draw: Callable[[], T], part: tuple[int, int]) -> T:
-    """``draw()`` for this process's part of a batch split over data-parallel processes,
-    ``part = (rank, size)``: every process makes every part's draw in turn and keeps its own, so
-    the parts' draws differ while every process's random state moves alike (on the CPU, where
-    torch draws in sequence, the parts are exactly one process's draw for the whole batch)."""
-    rank, size = part
+def draw_share(draw: Callable[[], T], share: tuple[int, int]) -> T:
+    """``draw()`` (a draw for the batch in hand) for share ``i`` of a batch cut into ``n`` equal
+    consecutive shares, ``share = (i, n)``: the draws for the whole batch are made share by share,
+    in order, and share ``i``'s is kept. Whoever holds which share, the shares' draws differ and
+    the random state ends where the whole batch's draws leave it; on the CPU, where torch draws in
+    sequence, the shares' draws are exactly one draw for the whole batch."""
+    index, count = share
     kept = None
-    for r in range(size):
+    for i in range(count):
         out = draw()
-        if r == rank:
+        if i == index:
             kept = out
     return kept
 
@@ -143,24 +144,28 @@ def _check_materialize_limit(value) -> int | None:
 
 @dataclass(frozen=True)
 class Wants:
-    """What an estimator asks the model for before it orders the tokens; the training loop
-    answers with ``model.answer(wants, tokens)`` and passes it as ``forward(tokens, features)``.
+    """What an estimator asks the model for before it orders the tokens; a training loop has the
+    model answer and passes the answer as ``forward(tokens, features)``, ``features (B, N, F)``.
 
     ``kind``: ``"nothing"`` (the tokens suffice), ``"blocks"`` (the hidden states ``(B, N, D)``
-    after the backbone's first ``blocks`` blocks, on the canonical order) or ``"saliency"`` (a
-    training-free saliency ``(B, N, 1)`` of the model, from ``probe``: ``"gradient"`` or
-    ``"attention"``). Either way ``features`` is ``(B, N, F)``.
+    after the backbone's first ``blocks`` blocks, on the canonical order) or ``"probe"`` (what
+    the model computes under the name ``probe``: the model defines the names it answers and
+    refuses the others; the suite's are training-free saliencies).
     """
 
     kind: str = "nothing"
     blocks: int = 0
     probe: str = ""
 
-    KINDS = ("nothing", "blocks", "saliency")
+    KINDS = ("nothing", "blocks", "probe")
 
     def __post_init__(self) -> None:
-        if self.kind not in self.KINDS:
-            raise ValueError(f"'kind' should be one of {self.KINDS} but got {self.kind!r}")
+        check_choice("kind", self.kind, self.KINDS)
+        if self.kind == "probe" and not (isinstance(self.probe, str) and self.probe):
+            raise ValueError(
+                f"'probe' should name what the model computes (a non-empty str) with "
+                f"kind='probe' but got {self.probe!r}"
+            )
 
 
 class PermutationEstimator(nn.Module):
@@ -192,10 +197,11 @@ class PermutationEstimator(nn.Module):
     # Keyword arguments beyond ``num_tokens`` that ``create_estimator`` must be given, each with
     # what it means: {"dim": "token width"}.
     extra_required: dict[str, str] = {}
-    # ``(rank, size)``: this process's equal part of each batch, when ``size`` data-parallel
-    # processes split it (a training loop sets it). Draws made per image cover the whole batch
-    # and keep this part (:func:`draw_part`); draws per batch are the same everywhere already.
-    part: tuple[int, int] = (0, 1)
+    # ``(i, n)``: the tokens a forward gets are share ``i`` of ``n`` equal consecutive shares of
+    # one batch (as when data-parallel processes split it; whoever splits it sets this). Draws
+    # made per image are made for the whole batch and keep this share (:func:`draw_share`);
+    # draws made once per batch need nothing.
+    batch_share: tuple[int, int] = (0, 1)
 
     def __init__(
         self, num_tokens: int, *, tau: float = 1.0, init_order=None,
@@ -293,6 +299,4 @@ class PermutationEstimator(nn.Module):
 
 
 def _check_samples(samples: str) -> str:
-    if samples not in SAMPLES:
-        raise ValueError(f"'samples' should be one of {SAMPLES} but got {samples!r}")
-    return samples
+    return check_choice("samples", samples, SAMPLES)

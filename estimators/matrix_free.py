@@ -45,7 +45,7 @@ from torch.autograd.function import once_differentiable
 
 from ._checks import check_float_tensor, check_positive, check_same_device
 from ._precision import HALF, upcast
-from .sorting import _soft_ranks, softsort
+from .relaxations import _soft_ranks, softsort
 
 CHUNK = 64  # block length of the chunked scan: 64 x 64 blocks keep the matmuls efficient
 

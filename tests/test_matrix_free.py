@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from estimators import create_estimator, soft_rank_permutation, softsort, softsort_apply
-from estimators.scan import (
+from estimators.matrix_free import (
     CHUNK,
     kernel_apply,
     kernel_apply_ref,
