@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import importlib
 
+from estimators.registry import Registry
+
 from .base import READOUTS, SIZES, SequenceBackbone
 
-BACKBONES: dict[str, type[SequenceBackbone]] = {}
+BACKBONES = Registry("backbone", set_name=True)  # name -> SequenceBackbone subclass
 _MODULES = ("vit", "local", "txl", "mamba")  # each registers its backbone when imported
 
 
 def register_backbone(name: str):
-    def decorator(cls):
-        BACKBONES[name] = cls
-        cls.name = name
-        return cls
-
-    return decorator
+    """Class decorator: register a :class:`SequenceBackbone` as ``name``."""
+    return BACKBONES.register(name)
 
 
 def _register_all() -> None:
@@ -27,21 +25,18 @@ def _register_all() -> None:
 
 def list_backbones() -> list[str]:
     _register_all()
-    return sorted(BACKBONES)
+    return BACKBONES.names()
 
 
 def create_backbone(name: str, *, size: str = "tiny", **options) -> SequenceBackbone:
     """Build backbone ``name``; ``size`` sets dim/depth/num_heads unless ``options`` give them.
     ``None`` options mean the default."""
     _register_all()
-    if name not in BACKBONES:
-        raise ValueError(
-            f"unknown backbone {name!r}; available backbones: {', '.join(list_backbones())}"
-        )
+    cls = BACKBONES.lookup(name)
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; available sizes: {', '.join(SIZES)}")
     kwargs = {**SIZES[size], **{k: v for k, v in options.items() if v is not None}}
-    return BACKBONES[name](**kwargs)
+    return cls(**kwargs)
 
 
 __all__ = [

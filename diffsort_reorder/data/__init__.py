@@ -8,7 +8,7 @@ loader's default.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from estimators.registry import Registry
 
 from .base import ImageDataset, LazyImageDataset, PatchDataset
 from .cifar10 import cifar10
@@ -20,26 +20,21 @@ from .planted import PlantedDataset, key_recall, planted
 from .planted_moving import MovingPlantedDataset, planted_moving
 
 Dataset = PatchDataset
-DATASETS: dict[str, Callable[..., tuple[Dataset, Dataset]]] = {
-    "planted": planted,
-    "planted_moving": planted_moving,
-    "digits": digits,
-    "cifar10": cifar10,
-    "imagefolder": imagefolder,
-}
+DATASETS = Registry("dataset")  # name -> factory(**options) -> (train, val)
+DATASETS.register("planted", planted)
+DATASETS.register("planted_moving", planted_moving)
+DATASETS.register("digits", digits)
+DATASETS.register("cifar10", cifar10)
+DATASETS.register("imagefolder", imagefolder)
 
 
 def list_datasets() -> list[str]:
-    return sorted(DATASETS)
+    return DATASETS.names()
 
 
 def create_dataset(name: str, **options) -> tuple[Dataset, Dataset]:
     """The train and val splits of dataset ``name``."""
-    if name not in DATASETS:
-        raise ValueError(
-            f"unknown dataset {name!r}; available datasets: {', '.join(list_datasets())}"
-        )
-    return DATASETS[name](**{k: v for k, v in options.items() if v is not None})
+    return DATASETS.create(name, **options)
 
 
 __all__ = [

@@ -16,36 +16,32 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from estimators.registry import Registry
+
 OrderFn = Callable[[int, int], list[int]]
-ORDERINGS: dict[str, OrderFn] = {}
+ORDERINGS = Registry("scan order", "orders")  # name -> OrderFn (height, width) -> order
 
 
 def register_order(name: str) -> Callable[[OrderFn], OrderFn]:
-    def decorator(fn: OrderFn) -> OrderFn:
-        ORDERINGS[name] = fn
-        return fn
-
-    return decorator
+    """Function decorator: register a scan order ``fn(height, width) -> list`` as ``name``."""
+    return ORDERINGS.register(name)
 
 
 def list_orders() -> list[str]:
-    return sorted(ORDERINGS)
+    return ORDERINGS.names()
 
 
 def scan_order(name: str, height: int, width: int) -> torch.Tensor:
     """Return the scan order ``name`` over a ``height x width`` grid as a LongTensor ``(H*W,)``."""
     if not isinstance(name, str):
         raise TypeError(f"'name' should be a str but got {type(name).__name__}")
-    if name not in ORDERINGS:
-        raise ValueError(
-            f"unknown scan order {name!r}; available orders: {', '.join(list_orders())}"
-        )
+    order_fn = ORDERINGS.lookup(name)
     for arg, value in (("height", height), ("width", width)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"'{arg}' should be a positive int but got {value!r}")
         if value <= 0:
             raise ValueError(f"'{arg}' should be a positive int but got {value}")
-    order = torch.tensor(ORDERINGS[name](height, width), dtype=torch.long)
+    order = torch.tensor(order_fn(height, width), dtype=torch.long)
     assert order.numel() == height * width, (name, height, width)
     return order
 

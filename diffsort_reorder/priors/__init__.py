@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import torch
 
+from estimators.registry import Registry
+
 from .collapse import CollapsePrior, collapse_prior, pagerank
 from .compression import CompressionPrior, compression_prior
 
-PRIORS = {"compression_prior": compression_prior, "collapse_prior": collapse_prior}
+PRIORS = Registry("prior")  # name -> prior(images, patch_size, **settings), with an ``order``
+PRIORS.register("compression_prior", compression_prior)
+PRIORS.register("collapse_prior", collapse_prior)
 
 
 def prior_images(dataset, max_images: int, seed: int) -> torch.Tensor:
@@ -27,12 +31,11 @@ def prior_images(dataset, max_images: int, seed: int) -> torch.Tensor:
 def prior_order(name: str, dataset, patch_size: int, settings: dict | None = None):
     """The order ``(N,)`` prior ``name`` gives on ``dataset``; ``settings`` are the prior's
     keyword arguments plus ``max_images`` (how many training images it reads)."""
-    if name not in PRIORS:
-        raise ValueError(f"unknown prior {name!r}; available priors: {', '.join(PRIORS)}")
+    prior = PRIORS.lookup(name)
     settings = dict(settings or {})
     max_images = settings.pop("max_images", 2048)
     images = prior_images(dataset, max_images, settings.get("seed", 0))
-    return PRIORS[name](images, patch_size, **settings).order
+    return prior(images, patch_size, **settings).order
 
 
 __all__ = [
