@@ -116,7 +116,7 @@ def test_a_stopped_two_process_run_resumes_to_the_uninterrupted_result(two_proce
     resumed = RunResult.from_json(json.loads(torchrun(tmp_path).stdout.strip().splitlines()[-1]))
     assert resumed.finished and resumed.world_size == 2
     for key in ("val_acc", "val_loss", "best_val_acc", "steps", "order"):
-        assert resumed[key] == full[key], key
+        assert getattr(resumed, key) == full[key], key
     a, b = load(out / "checkpoint.pt"), load(tmp_path / "checkpoint.pt")
     for part in ("model", "orderer"):
         for name, tensor in a[part].items():
