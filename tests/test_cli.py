@@ -13,7 +13,7 @@ from tiny_runs import TINY
 from diffsort_reorder.backbones import list_backbones
 from diffsort_reorder.cli import EXIT_BAD_INPUT, FULL_ERROR
 from diffsort_reorder.config import compose_config
-from diffsort_reorder.priors.__main__ import main as priors_main
+from diffsort_reorder.orders.priors.cli import main as priors_main
 from diffsort_reorder.run import cli as train_cli
 from diffsort_reorder.run import loop as train_loop
 from diffsort_reorder.study import cli as study_cli

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {
     "diffsort-study": "diffsort_reorder.study.cli:console",
     "diffsort-train": "diffsort_reorder.run.cli:console",
-    "diffsort-priors": "diffsort_reorder.priors.__main__:console",
+    "diffsort-priors": "diffsort_reorder.orders.priors.cli:console",
     "diffsort-bench": "diffsort_reorder.bench.__main__:console",
 }
 NOT_SOURCES = (".git", ".venv", "build", "outputs", "*.egg-info", "__pycache__", ".*_cache")

@@ -17,7 +17,7 @@ from diffsort_reorder.data import BatchLoader, LazyImageDataset, batches, create
 from diffsort_reorder.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 from diffsort_reorder.data.loading import batch_order
 from diffsort_reorder.data.slots import SharedEpoch
-from diffsort_reorder.priors import prior_images
+from diffsort_reorder.orders.priors import prior_images
 from diffsort_reorder.run.checks import check_config
 from diffsort_reorder.run.loop import train
 

@@ -5,7 +5,6 @@ import torch
 
 from diffsort_reorder.orders.scans import (
     ORDERINGS,
-    inverse_order,
     list_orders,
     scan_order,
     step_distances,
@@ -136,13 +135,6 @@ def test_hilbert_equals_textbook_curve_up_to_transpose(k):
     as_xy = [y * n + x for x, y in cells]
     as_yx = [x * n + y for x, y in cells]
     assert scan_order("hilbert", n, n).tolist() in (as_xy, as_yx)
-
-
-def test_inverse_order():
-    order = scan_order("spiral", 4, 6)
-    inv = inverse_order(order)
-    assert torch.equal(order[inv], torch.arange(24))
-    assert torch.equal(inv[order], torch.arange(24))
 
 
 def test_unknown_order_lists_the_names():

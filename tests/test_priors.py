@@ -8,9 +8,9 @@ import torch
 
 from diffsort_reorder.config import compose_config
 from diffsort_reorder.data import unpatchify
-from diffsort_reorder.priors import PRIORS, collapse_prior, compression_prior, pagerank
-from diffsort_reorder.priors import compression as compression_module
-from diffsort_reorder.priors.__main__ import main as priors_main
+from diffsort_reorder.orders.priors import PRIORS, collapse_prior, compression_prior, pagerank
+from diffsort_reorder.orders.priors import compression as compression_module
+from diffsort_reorder.orders.priors.cli import main as priors_main
 from diffsort_reorder.run.build import build_run
 
 ALL_ORDERS = ("row_major", "column_major", "hilbert", "spiral", "diagonal", "snake", "z_order")

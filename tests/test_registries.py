@@ -12,8 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffsort_reorder.backbones import BACKBONES, create_backbone, list_backbones
 from diffsort_reorder.data import DATASETS, list_datasets
+from diffsort_reorder.orders.priors import PRIORS
 from diffsort_reorder.orders.scans import ORDERINGS
-from diffsort_reorder.priors import PRIORS
 from estimators import create_estimator, list_estimators
 from estimators._checks import check_choice
 from estimators.registry import ESTIMATORS, Registry

@@ -17,10 +17,11 @@ LAYERS = [
     ["diffsort_reorder", "diffsort_reorder.files", "diffsort_reorder.checks",
      "diffsort_reorder.config", "diffsort_reorder.cli", "diffsort_reorder.plotting"],
     ["diffsort_reorder.data", "diffsort_reorder.backbones", "diffsort_reorder.model"],
-    ["diffsort_reorder.orders", "diffsort_reorder.priors"],
+    ["diffsort_reorder.orders"],
     ["diffsort_reorder.run"],
     ["diffsort_reorder.study"],
-    ["diffsort_reorder.bench", "diffsort_reorder.train", "diffsort_reorder.orderings"],
+    ["diffsort_reorder.bench", "diffsort_reorder.train", "diffsort_reorder.orderings",
+     "diffsort_reorder.priors"],
 ]  # fmt: skip
 
 

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 from estimators.registry import Registry
 
 from .base import READOUTS, SIZES, SequenceBackbone
 
 BACKBONES = Registry("backbone", set_name=True)  # name -> SequenceBackbone subclass
-_MODULES = ("vit", "local", "txl", "mamba")  # each registers its backbone when imported
 
 
 def register_backbone(name: str):
@@ -19,8 +19,11 @@ def register_backbone(name: str):
 
 
 def _register_all() -> None:
-    for module in _MODULES:
-        importlib.import_module(f"{__name__}.{module}")
+    """Import every module of this package: each registers its backbone (a new backbone is its
+    module and its config file, nothing else)."""
+    for module in pkgutil.iter_modules(__path__):
+        if module.name != "base":
+            importlib.import_module(f"{__name__}.{module.name}")
 
 
 def list_backbones() -> list[str]:

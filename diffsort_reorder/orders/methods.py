@@ -20,7 +20,7 @@ from estimators import (
 )
 from estimators.registry import ESTIMATORS
 
-from ..priors import PRIORS, prior_order
+from .priors import PRIORS, prior_order
 from .scans import ORDERINGS, scan_order
 
 

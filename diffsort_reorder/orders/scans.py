@@ -46,13 +46,6 @@ def scan_order(name: str, height: int, width: int) -> torch.Tensor:
     return order
 
 
-def inverse_order(order: torch.Tensor) -> torch.Tensor:
-    """The slot of each patch: ``inverse_order(order)[order[k]] == k``."""
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(order.numel(), device=order.device)
-    return inverse
-
-
 @register_order("row_major")
 def _row_major(height: int, width: int) -> list[int]:
     return list(range(height * width))

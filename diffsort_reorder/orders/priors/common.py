@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from ..data import grid_shape
-from ..files import load, save_atomic
+from ...data import grid_shape
+from ...files import load, save_atomic
 
 
 def check_images(images: object, patch_size: int) -> tuple[int, int]:

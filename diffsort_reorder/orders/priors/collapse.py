@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import patchify
+from ...data import patchify
 from .common import cached, check_images
 
 

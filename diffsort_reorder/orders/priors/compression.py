@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from scipy.cluster.vq import kmeans2, vq
 
-from ..data import patchify
-from ..orders.scans import list_orders, scan_order
+from ...data import patchify
+from ..scans import list_orders, scan_order
 from .common import cached, check_images
 
 STREAMS = ("unigram", "bigram")
