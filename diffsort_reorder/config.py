@@ -23,6 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from estimators import list_estimators
 
 CONFIG_MODULE = "diffsort_reorder.configs"
+# Earlier names of the prior config files, still taken by prior=<name>.
+RENAMED_PRIORS = {"compression": "compression_prior", "collapse": "collapse_prior"}
 # Trainer keys that may differ when a run resumes: how it is driven, not what it computes.
 RUNTIME_KEYS = ("resume", "stop_after_epochs", "progress", "log_dir", "num_workers")
 
@@ -73,7 +75,7 @@ def value_of(overrides: list[str], key: str) -> str | None:
 
 def compose_config(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
     """The composed config for ``overrides`` (Hydra's override syntax)."""
-    overrides = list(overrides or [])
+    overrides = [_renamed_prior(o) for o in overrides or []]
     method = value_of(overrides, "method")
     if method in list_estimators() and value_of(overrides, "estimator") is None:
         overrides.append(f"estimator={method}")
@@ -92,6 +94,15 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
             GlobalHydra.instance().clear()
             GlobalHydra.instance().initialize(outer)
     return cfg
+
+
+def _renamed_prior(override: str) -> str:
+    """``prior=compression`` (the name before the files took their methods' names) as
+    ``prior=compression_prior``."""
+    key, sep, value = override.partition("=")
+    if sep and key.lstrip("+") == "prior" and value in RENAMED_PRIORS:
+        return f"{key}={RENAMED_PRIORS[value]}"
+    return override
 
 
 def to_yaml(cfg: DictConfig) -> str:

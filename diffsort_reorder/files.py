@@ -16,6 +16,9 @@ from typing import IO
 
 import torch
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: the mode a plain open() would give, for the files made here
+
 
 @contextlib.contextmanager
 def atomic(path: str | Path, mode: str = "wb") -> Iterator[IO]:
@@ -26,6 +29,7 @@ def atomic(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide reports from a group
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
             f.flush()

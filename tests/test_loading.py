@@ -333,9 +333,9 @@ def test_a_run_on_image_files_is_the_same_with_workers(tmp_path):
     write_photos(tmp_path / "data")
     before = set(multiprocessing.active_children())
     results = [train(run_config(tmp_path, workers)) for workers in (0, 2)]
-    assert results[0]["finished"] and results[0]["steps"] == 10
+    assert results[0].finished and results[0].steps == 10
     for key in ("val_acc", "val_loss", "order"):
-        assert results[0][key] == results[1][key], key
+        assert getattr(results[0], key) == getattr(results[1], key), key
     assert set(multiprocessing.active_children()) <= before  # the run stopped its workers
 
 

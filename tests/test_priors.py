@@ -66,6 +66,22 @@ def test_compression_prior_is_cached(tmp_path, monkeypatch):
         compression_prior(images, 2, codebook_size=8, stream="bigram", cache_dir=tmp_path)
 
 
+def test_an_unreadable_cache_entry_is_computed_again(tmp_path):
+    """An entry another version wrote (its pickled classes since moved) or a torn one is a miss,
+    overwritten, not a traceback on every run."""
+    images = block_images(num=64)
+    first = compression_prior(images, 2, codebook_size=8, cache_dir=tmp_path)
+    (entry,) = (tmp_path / "priors").glob("compression-*.pt")
+    entry.write_bytes(entry.read_bytes()[:40])  # torn
+    again = compression_prior(images, 2, codebook_size=8, cache_dir=tmp_path)
+    assert again.scores == first.scores and entry.stat().st_size > 40
+
+
+def test_the_earlier_prior_group_names_still_compose():
+    assert compose_config(["prior=compression"]).prior.name == "compression_prior"
+    assert compose_config(["prior=collapse"]).prior.name == "collapse_prior"
+
+
 def source_images(seed=0, num=512, grid=4, patch=2):
     """Patch 5 is a random source; patches 0, 10, 15 each repeat one of its pixels (so the source
     predicts each of them, and each predicts a quarter of the source); the rest is noise."""

@@ -3,6 +3,7 @@ so), a run's folder writes its files atomically and reads back only a finished r
 checkpoint of another config is refused."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -78,3 +79,11 @@ def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path):
         raise KeyboardInterrupt
     assert path.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]
+
+
+def test_files_get_the_mode_a_plain_open_gives(tmp_path):
+    """Reports are read by a group on a cluster: not mkstemp's 0600."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = write_text(tmp_path / "report.md", "x")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -44,7 +44,7 @@ class PatchDataset(Dataset):
 
     def order_metrics(self, index: torch.Tensor, first: int) -> dict[str, torch.Tensor]:
         """Per-image scores ``(B,)`` of the hard orders ``index (B, N)`` of images ``first`` to
-        ``first + B - 1``, by name; validation reports their means. None by default."""
+        ``first + B - 1``, by name; validation reports their means. None by default (``{}``)."""
         return {}
 
 

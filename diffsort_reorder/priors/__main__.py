@@ -1,3 +1,6 @@
-from ..orders.priors.cli import main
+from ..orders.priors.cli import console, main
 
-main()
+__all__ = ["console", "main"]  # console: what installs made before the move still call
+
+if __name__ == "__main__":
+    main()

@@ -21,6 +21,9 @@ def evaluate(run: Run) -> dict:
     sums = {"loss": 0.0, "correct": 0, "seen": 0}
     # Each rank evaluates its contiguous part of the set, from image `first` on; sums add up.
     first, _ = shard_bounds(len(run.val_set), run.world.rank, run.world.size)
+    # The dataset's metric names, known before any batch: a rank given no image sums them too.
+    no_order = torch.zeros(0, run.grid[0] * run.grid[1], dtype=torch.long)
+    sums.update(dict.fromkeys(run.val_set.order_metrics(no_order, first), 0.0))
     for images, labels in run.loader("val").epoch(None):
         images, labels = images.to(run.device), labels.to(run.device)
         with run.autocast():
@@ -29,7 +32,7 @@ def evaluate(run: Run) -> dict:
         sums["loss"] += float(F.cross_entropy(logits.float(), labels, reduction="sum"))
         sums["correct"] += int((logits.argmax(-1) == labels).sum())
         for name, per_image in run.val_set.order_metrics(out.index, first + sums["seen"]).items():
-            sums[name] = sums.get(name, 0.0) + float(per_image.sum())
+            sums[name] += float(per_image.sum())
         sums["seen"] += len(labels)
     totals = dict(zip(sums, run.world.total(list(sums.values())), strict=True))
     seen = totals.pop("seen")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -213,6 +214,6 @@ def run_result(run: Run, state: dict) -> RunResult:
         key_patches=run.val_set.shared_keys(),
         order=run.orderer.order().cpu().tolist() if glob else None,
         example_order=None if glob else example_order(run),
-        output_dir=str(cfg.output_dir),
+        output_dir=str(Path(cfg.output_dir)),
         code_version=code_version(),
     )

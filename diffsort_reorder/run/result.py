@@ -51,8 +51,12 @@ class RunResult:
         return getattr(self, name)
 
     def to_json(self) -> dict:
-        """A dict of plain values (JSON, Optuna user attributes)."""
-        return dataclasses.asdict(self)
+        """A dict of plain values (JSON, Optuna user attributes); ``failed`` only when set, as
+        earlier versions, which share a storage's records, tell a failed run by that key."""
+        data = dataclasses.asdict(self)
+        if data["failed"] is None:
+            del data["failed"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> RunResult:

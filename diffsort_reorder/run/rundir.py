@@ -43,7 +43,8 @@ class RunDir:
         return not path.exists() or path.read_text() == to_yaml(cfg)
 
     def clear(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        if self.path.exists():
+            shutil.rmtree(self.path)
 
     # --- checkpoints
     def has_checkpoint(self) -> bool:

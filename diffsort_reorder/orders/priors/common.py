@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import pickle
 from pathlib import Path
 
 import torch
 
 from ...data import grid_shape
 from ...files import load, save_atomic
+
+log = logging.getLogger(__name__)
 
 
 def check_images(images: object, patch_size: int) -> tuple[int, int]:
@@ -56,7 +60,12 @@ def cached(kind: str, images: torch.Tensor, settings: dict, cache_dir, compute):
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = folder / "priors" / f"{kind}-{fingerprint(kind, images, settings)}.pt"
     if path.exists():
-        return load(path)["result"]
+        try:
+            return load(path)["result"]
+        except (ModuleNotFoundError, AttributeError, pickle.UnpicklingError, EOFError,
+                RuntimeError) as err:  # fmt: skip
+            # written by another version (its classes moved) or torn: computed again
+            log.warning("prior cache %s is unreadable (%s); computing it again", path, err)
     result = compute()
     save_atomic({"kind": kind, "settings": settings, "result": result}, path)
     return result
