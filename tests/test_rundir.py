@@ -47,7 +47,7 @@ def test_the_folder_returns_only_a_finished_result_with_its_code_version(tmp_pat
     folder = RunDir(tmp_path / "run")
     assert folder.finished_result() is None
     cfg = compose_config([f"output_dir={folder.path}"])
-    folder.write_config(cfg)
+    folder.write_config(cfg, code_version())
     assert folder.holds_config(cfg) and not folder.holds_config(compose_config(["seed=5"]))
     folder.write_result(finished(finished=False))
     assert folder.finished_result() is None  # stopped early: not a finished run

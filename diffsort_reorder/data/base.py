@@ -56,6 +56,8 @@ class ImageDataset(PatchDataset):
     and ``num_classes``, which is all the training loop asks of it.
     """
 
+    in_memory = True
+
     def __init__(
         self,
         images: torch.Tensor,
@@ -69,7 +71,6 @@ class ImageDataset(PatchDataset):
             raise ValueError(
                 f"'labels' should be ({images.shape[0]},) but got {tuple(labels.shape)}"
             )
-        self.in_memory = True
         self.images = images.float().contiguous()
         self.labels = labels.long().contiguous()
         self.num_classes = int(num_classes)

@@ -97,11 +97,16 @@ def train_epoch(run: Run, epoch: int, step: int, log: RunLogger) -> tuple[dict, 
 
 
 def fit(
-    run: Run, state: dict, log: RunLogger, resolved: dict, on_epoch: Callable | None = None
+    run: Run,
+    state: dict,
+    log: RunLogger,
+    resolved: dict,
+    folder: RunDir,
+    on_epoch: Callable | None = None,
 ) -> None:
-    """Train the epochs ``state`` has not done yet, updating ``state`` after each one;
-    ``resolved`` is the run's resolved config, which each checkpoint records."""
-    folder = RunDir(resolved["output_dir"])
+    """Train the epochs ``state`` has not done yet, updating ``state`` after each one and
+    checkpointing into ``folder``; ``resolved`` is the run's resolved config, which each
+    checkpoint records."""
     cfg, t = run.cfg, run.cfg.trainer
     epochs = range(state["epoch"], t.epochs)
     bar = tqdm(epochs, desc=f"{cfg.method}/{cfg.backbone.name}", initial=state["epoch"],
@@ -158,19 +163,20 @@ def train(
     # Every rank has read the checkpoint before rank 0 may write the next one (a barrier).
     run.world.check_same("the epoch to resume from", state["epoch"])
     main = run.world.is_main
+    version = code_version()  # once per run: a git call
     if main:  # recorded once the run is known to be this config's (a refused resume leaves them)
-        folder.write_config(cfg)
+        folder.write_config(cfg, version)
     # 2. Train the epochs left.
     log = RunLogger((t.get("log_dir") or folder.path / "tb") if main else None, run.grid)
     try:
-        fit(run, state, log, resolved, on_epoch)
+        fit(run, state, log, resolved, folder, on_epoch)
     except BaseException:
         log.close()  # a pruned or interrupted run leaves its events on disk
         raise
     finally:
         run.close()  # the DataLoader workers end with the run, however it ends
     # 3. Record the result.
-    result = run_result(run, state)
+    result = run_result(run, state, version)
     if result.finished:
         log.hparams(resolved, {"hparam/val_acc": result.val_acc,
                                "hparam/best_val_acc": result.best_val_acc})  # fmt: skip
@@ -191,8 +197,9 @@ def resume(run: Run, saved: dict, state: dict) -> dict:
     return {k: saved[k] for k in state}
 
 
-def run_result(run: Run, state: dict) -> RunResult:
-    """What ``run`` hands its caller once its epochs (``state``) are done."""
+def run_result(run: Run, state: dict, version: str) -> RunResult:
+    """What ``run`` hands its caller once its epochs (``state``) are done; ``version`` is the
+    code's."""
     cfg, history = run.cfg, state["history"]
     last = history[-1] if history else {}
     glob = run.orderer.is_global
@@ -215,5 +222,5 @@ def run_result(run: Run, state: dict) -> RunResult:
         order=run.orderer.order().cpu().tolist() if glob else None,
         example_order=None if glob else example_order(run),
         output_dir=str(Path(cfg.output_dir)),
-        code_version=code_version(),
+        code_version=version,
     )

@@ -17,7 +17,6 @@ from omegaconf import DictConfig
 from ..config import same_config, to_yaml
 from ..files import load, save_atomic, write_json, write_text
 from .result import RunResult
-from .runtime import code_version
 
 
 class RunDir:
@@ -32,10 +31,10 @@ class RunDir:
         return self.path / name
 
     # --- what ran
-    def write_config(self, cfg: DictConfig) -> None:
-        """Record the config and the code version (before the first epoch)."""
+    def write_config(self, cfg: DictConfig, version: str) -> None:
+        """Record the config and the code ``version`` (before the first epoch)."""
         write_text(self.file(self.CONFIG), to_yaml(cfg))
-        write_json(self.file(self.RECORD), {"code_version": code_version()})
+        write_json(self.file(self.RECORD), {"code_version": version})
 
     def holds_config(self, cfg: DictConfig) -> bool:
         """Whether the folder holds no config or ``cfg``'s."""
