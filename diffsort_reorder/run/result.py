@@ -10,8 +10,12 @@ from dataclasses import dataclass
 @dataclass
 class RunResult:
     """One run's outcome. ``val_*`` and ``key_recall`` are the last epoch's (None before the first
-    epoch; ``key_recall`` only on data with key patches); ``order`` is a global orderer's final
-    order, ``example_order`` a per-image orderer's order of the first validation image (each None
+    epoch; ``key_recall`` only on data with key patches); ``test_*`` are read once, after the last
+    epoch, on the test split nothing selects on (None when the run did not finish or the data has
+    no test split). ``lr_mass`` is each curriculum phase's share of the model's learning-rate
+    mass (the sum of its per-step factors); ``marginal_error`` a Sinkhorn-based orderer's mean
+    marginal error at its final temperature (None for others). ``order`` is a global orderer's
+    final order, ``example_order`` a per-image orderer's order of the first validation image (each None
     otherwise). ``failed`` is set, and the metrics None, when the run ended with an error a study
     records as final (see :data:`diffsort_reorder.study.search.TRIAL_ERRORS`)."""
 
@@ -23,6 +27,10 @@ class RunResult:
     best_val_acc: float | None = None
     val_loss: float | None = None
     key_recall: float | None = None
+    test_acc: float | None = None
+    test_loss: float | None = None
+    lr_mass: dict[str, float] | None = None
+    marginal_error: float | None = None
     train_seconds: float = 0.0
     steps: int = 0
     epochs: int = 0
