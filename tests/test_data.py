@@ -173,13 +173,14 @@ def test_datasets_without_oracle_say_so():
 
 
 def test_digits_split_is_seeded_and_complete():
-    train, val = create_dataset("digits", seed=0)
+    train, val = create_dataset("digits", seed=0, test_fraction=0.0)
     assert len(train) + len(val) == 1797 and len(val) == 359
     assert train.image_shape == (1, 8, 8) and train.num_classes == 10
     assert 0.0 <= train.images.min() and train.images.max() <= 1.0 and train.images.max() > 0.9
-    again, _ = create_dataset("digits", seed=0)
-    other, _ = create_dataset("digits", seed=1)
-    assert torch.equal(train.images, again.images)
+    again, _ = create_dataset("digits", seed=0, test_fraction=0.0)
+    other, _ = create_dataset("digits", seed=1, test_fraction=0.0)
+    pinned, _ = create_dataset("digits", seed=1, split_seed=0, test_fraction=0.0)
+    assert torch.equal(train.images, again.images) and torch.equal(train.images, pinned.images)
     assert not torch.equal(train.labels, other.labels)
 
 

@@ -59,3 +59,41 @@ def test_a_dataset_without_keys_scores_nothing_and_has_no_oracle():
     assert val.shared_keys() is None and val.order_metrics(torch.arange(4)[None], 0) == {}
     with pytest.raises(ValueError, match="defines no oracle order"):
         val.oracle_order()
+
+
+def test_key_recall_counts_the_keys_in_the_backbones_window():
+    keys = torch.tensor([0, 5, 9])
+    order = torch.arange(12)[None]  # keys at slots 0, 5, 9
+    assert key_recall(order, keys).item() == pytest.approx(1 / 3)  # the last K = 3: 9..11
+    assert key_recall(order, keys, window=2).item() == 0.0  # slots 10, 11
+    assert key_recall(order, keys, window=7).item() == pytest.approx(2 / 3)  # slots 5..11
+    assert key_recall(order, keys, window=100).item() == 1.0  # clamped to the whole sequence
+
+
+@pytest.mark.parametrize(("n", "segment", "mem_len", "window"),
+                         [(64, 16, 16, 32), (64, 16, 0, 16), (20, 8, 8, 12), (16, 32, 32, 16)])
+def test_txl_reads_its_last_segment_and_the_memory_it_attends(n, segment, mem_len, window):
+    from diffsort_reorder.backbones import create_backbone
+
+    backbone = create_backbone("txl", size="tiny", num_tokens=n, num_classes=3, segment=segment,
+                               mem_len=mem_len)  # fmt: skip
+    assert backbone.readout_window() == window
+    vit = create_backbone("vit", size="tiny", num_tokens=n, num_classes=3)
+    assert vit.readout_window() is None  # reads every slot alike
+
+
+def test_planted_and_digits_have_a_test_split_nothing_else_reads():
+    from diffsort_reorder.data import create_splits
+
+    train, val, test = create_splits("planted", **SMALL["planted"], num_test=6)
+    assert len(test) == 6 and test.shared_keys() == val.shared_keys()  # the same task
+    assert not torch.equal(test.images[:4], val.images)  # a stream of its own
+    again = create_splits("planted", **SMALL["planted"], num_test=6)
+    assert torch.equal(again.test.images, test.images) and torch.equal(again.val.images, val.images)
+    # Digits: one split for every run seed (split_seed), disjoint parts covering the set.
+    a = create_splits("digits", seed=1, split_seed=0)
+    b = create_splits("digits", seed=2, split_seed=0)
+    assert torch.equal(a.test.images, b.test.images) and torch.equal(a.val.images, b.val.images)
+    assert len(a.train) + len(a.val) + len(a.test) == 1797
+    rows = {tuple(x.flatten().tolist()) for x in a.test.images}
+    assert not rows & {tuple(x.flatten().tolist()) for x in a.val.images[:50]}

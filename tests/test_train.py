@@ -64,11 +64,13 @@ def test_every_estimator_trains_one_tiny_epoch(tmp_path, method):
 
 @pytest.mark.parametrize("method", ["row_major", "hilbert", "oracle", "spiral"])
 def test_fixed_orders_train(tmp_path, method):
-    result = train(tiny(tmp_path, f"method={method}", "trainer.epochs=1"))
+    # A 2-slot window (segments of 2, no memory): the last token reads the last 2 slots best.
+    window = ["backbone.options.segment=2", "backbone.options.mem_len=0"]
+    result = train(tiny(tmp_path, f"method={method}", "trainer.epochs=1", *window))
     assert result.finished
     if method == "oracle":
         assert result.order[-2:] == sorted(result.order[-2:])  # the keys come last
-    # key_recall: the fraction of key patches in the last num_keys slots; the oracle's is 1.
+    # key_recall: the fraction of key patches in the backbone's window; the oracle's is 1.
     keys = set(result.key_patches)
     assert len(keys) == 2 and result.key_recall == len(keys & set(result.order[-2:])) / 2
     assert (result.key_recall == 1.0) == (method == "oracle")

@@ -87,6 +87,13 @@ class SequenceBackbone(nn.Module):
             pooled = h[:, self.num_prefix_tokens :].mean(1)
         return self.head(self.norm(pooled))
 
+    def readout_window(self) -> int | None:
+        """How many of the last sequence slots this backbone reads best, where that is a property
+        of the architecture (a Transformer-XL's last segment and its memory); None where every
+        slot is read alike or no such window exists (a CLS token attending everything, a scan
+        read at its end). Planted data's ``key_recall`` counts the keys in this window."""
+        return None
+
     def run_blocks(self, h: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
         """Hidden states ``(B, P + N, D)`` after ``blocks`` in turn, each ``h -> block(h)``."""
         for block in blocks:

@@ -89,6 +89,12 @@ class TXLBackbone(SequenceBackbone):
             TXLBlock(dim, num_heads, mlp_ratio, max_distance) for _ in range(depth)
         )
 
+    def readout_window(self) -> int:
+        """The last segment and the memory it attends directly: the slots whose tokens reach the
+        last token in one attention step (earlier ones only through memories of memories)."""
+        last = self.num_tokens - self.segment * ((self.num_tokens - 1) // self.segment)
+        return min(self.num_tokens, last + self.mem_len)
+
     def run_blocks(self, h: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
         """Hidden states ``(B, N, D)`` after ``blocks``, segment by segment, each layer attending
         to its memory of the earlier segments."""

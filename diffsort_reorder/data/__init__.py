@@ -1,4 +1,8 @@
-"""Datasets by name: ``create_dataset(name, **options) -> (train, val)``.
+"""Datasets by name: ``create_dataset(name, **options) -> (train, val)`` and
+``create_splits(name, **options) -> Splits(train, val, test)``.
+
+A factory returns ``(train, val)`` or ``(train, val, test)``: ``test`` is read once per run, after
+its last epoch, and by nothing that selects (a study's search, pruner and best trial read val).
 
 Every dataset yields ``(image (C, H, W) float, label int)`` and knows its ``image_shape`` and
 ``num_classes``; pixels lie in [0, 1] except where a dataset normalises them (image folders:
@@ -7,6 +11,8 @@ loader's default.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from estimators.registry import Registry
 
@@ -32,9 +38,23 @@ def list_datasets() -> list[str]:
     return DATASETS.names()
 
 
+class Splits(NamedTuple):
+    """A dataset's splits; ``test`` is None where the dataset has none."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset | None = None
+
+
+def create_splits(name: str, **options) -> Splits:
+    """The train, val and (where the dataset has one) test splits of dataset ``name``."""
+    return Splits(*DATASETS.create(name, **options))
+
+
 def create_dataset(name: str, **options) -> tuple[Dataset, Dataset]:
     """The train and val splits of dataset ``name``."""
-    return DATASETS.create(name, **options)
+    splits = create_splits(name, **options)
+    return splits.train, splits.val
 
 
 __all__ = [
@@ -45,8 +65,10 @@ __all__ = [
     "MovingPlantedDataset",
     "PatchDataset",
     "PlantedDataset",
+    "Splits",
     "batches",
     "create_dataset",
+    "create_splits",
     "grid_shape",
     "key_recall",
     "list_datasets",

@@ -16,7 +16,7 @@ class PatchDataset(Dataset):
     ``dataset[i] -> (image (C, H, W) float, label)``; ``in_memory`` and ``unit_images`` (kind).
     Optional, with the defaults below: ``oracle_order()`` (planted data: the best order),
     ``shared_keys()`` (key patches shared by every image, to mark in drawings) and
-    ``order_metrics(index, first)`` (what an order achieves per image, beyond accuracy).
+    ``order_metrics(index, first, window)`` (what an order achieves per image, beyond accuracy).
     """
 
     labels: torch.Tensor
@@ -42,9 +42,12 @@ class PatchDataset(Dataset):
         """The key patches, when every image has the same ones; else None."""
         return None
 
-    def order_metrics(self, index: torch.Tensor, first: int) -> dict[str, torch.Tensor]:
+    def order_metrics(
+        self, index: torch.Tensor, first: int, window: int | None = None
+    ) -> dict[str, torch.Tensor]:
         """Per-image scores ``(B,)`` of the hard orders ``index (B, N)`` of images ``first`` to
-        ``first + B - 1``, by name; validation reports their means. None by default (``{}``)."""
+        ``first + B - 1``, by name; validation reports their means. ``window``: the last slots
+        the backbone reads best (None: it has no such window). None by default (``{}``)."""
         return {}
 
 
@@ -132,13 +135,25 @@ class LazyImageDataset(PatchDataset):
         return self.to_unit(torch.stack([self.raw_item(int(i))[0] for i in index]))
 
 
-def split_indices(num: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded random split of ``range(num)`` into train and val indices."""
+def split_indices(
+    num: int, val_fraction: float, seed: int, test_fraction: float = 0.0
+) -> tuple[torch.Tensor, ...]:
+    """A seeded random split of ``range(num)`` into train and val indices, and test indices after
+    them when ``test_fraction > 0`` (then val is drawn as before and test from the rest, so a
+    test split leaves val as it was)."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"'val_fraction' should lie in (0, 1) but got {val_fraction}")
+    if not 0.0 <= test_fraction < 1.0 - val_fraction:
+        raise ValueError(
+            f"'test_fraction' should lie in [0, 1 - val_fraction = {1 - val_fraction:g}) but got "
+            f"{test_fraction}"
+        )
     perm = torch.randperm(num, generator=torch.Generator().manual_seed(seed))
     num_val = max(1, round(num * val_fraction))
-    return perm[num_val:], perm[:num_val]
+    if test_fraction == 0.0:
+        return perm[num_val:], perm[:num_val]
+    num_test = max(1, round(num * test_fraction))
+    return perm[num_val + num_test :], perm[:num_val], perm[num_val : num_val + num_test]
 
 
 def resize_images(images: torch.Tensor, image_size: int | None) -> torch.Tensor:

@@ -22,8 +22,9 @@ from ..checks import check_int, check_number
 from .base import ImageDataset
 from .patches import patchify, unpatchify
 
-# Seed offsets of the two splits: the same dataset seed gives the same keys and codebook for both.
-_SPLIT_STREAMS = {"train": 1, "val": 2}
+# Seed offsets of the splits: the same dataset seed gives the same keys and codebook for all three.
+# The test split is a stream of its own, which no search, pruner or trial selection reads.
+_SPLIT_STREAMS = {"train": 1, "val": 2, "test": 3}
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class PlantedOptions:
 
     num_train: int = 2048
     num_val: int = 512
+    num_test: int = 512
     grid_size: int = 8
     patch_size: int = 4
     channels: int = 1
@@ -44,7 +46,7 @@ class PlantedOptions:
     task_seed: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("num_train", "num_val", "grid_size", "patch_size", "channels", "num_keys"):
+        for name in ("num_train", "num_val", "num_test", "grid_size", "patch_size", "channels", "num_keys"):
             object.__setattr__(self, name, check_int(name, getattr(self, name), 1))
         object.__setattr__(self, "num_symbols", check_int("num_symbols", self.num_symbols, 2))
         if self.num_keys > self.num_tokens:
@@ -106,8 +108,10 @@ class PlantedDataset(ImageDataset):
     def shared_keys(self) -> list[int]:
         return self.key_positions.tolist()
 
-    def order_metrics(self, index: torch.Tensor, first: int) -> dict[str, torch.Tensor]:
-        return {"key_recall": key_recall(index, self.key_positions)}
+    def order_metrics(
+        self, index: torch.Tensor, first: int, window: int | None = None
+    ) -> dict[str, torch.Tensor]:
+        return {"key_recall": key_recall(index, self.key_positions, window)}
 
     def decode_symbols(self, images: torch.Tensor) -> torch.Tensor:
         """The nearest codebook symbol of every patch of ``images (M, C', H, W)`` -> ``(M, N)``,
@@ -134,14 +138,19 @@ class PlantedDataset(ImageDataset):
         return content
 
 
-def key_recall(index: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
-    """The fraction of key patches that an order puts in its last ``K`` slots, where a backbone
-    that reads its last token reads best: ``index (B, N)``, ``key_positions (K,)`` or ``(B, K)``
-    (keys per image) -> ``(B,)``. The oracle order scores 1."""
+def key_recall(
+    index: torch.Tensor, key_positions: torch.Tensor, window: int | None = None
+) -> torch.Tensor:
+    """The fraction of key patches that an order puts in the last ``window`` slots, the window the
+    backbone reads best (``SequenceBackbone.readout_window``: Transformer-XL's last segment and
+    its memory; None: the last ``K`` slots, for a backbone that reads its last token):
+    ``index (B, N)``, ``key_positions (K,)`` or ``(B, K)`` (keys per image) -> ``(B,)``. The
+    oracle order scores 1."""
     b, k = index.shape[0], key_positions.shape[-1]
-    last = index[:, index.shape[1] - k :]  # (B, K)
+    window = k if window is None else min(max(window, 1), index.shape[1])
+    last = index[:, index.shape[1] - window :]  # (B, W)
     keys = key_positions.to(index.device).expand(b, k)  # (B, K)
-    return (last.unsqueeze(-1) == keys.unsqueeze(-2)).any(-1).float().mean(-1)
+    return (keys.unsqueeze(-1) == last.unsqueeze(-2)).any(-1).float().mean(-1)  # keys in view
 
 
 def planted_labels(symbols: torch.Tensor, key_positions: torch.Tensor, num_classes: int):
@@ -187,7 +196,7 @@ def _draw_codebook(num_symbols: int, channels: int, patch_size: int, generator: 
 
 
 def make_planted(dataset_class: type[PlantedDataset], **options):
-    """The train and val splits of a planted task of kind ``dataset_class``, options as in
+    """The train, val and test splits of a planted task of kind ``dataset_class``, options as in
     ``PlantedOptions``. ``task_seed`` (``None``: ``seed``) seeds what every image shares;
     each split's images are drawn from ``seed``, the split and the kind's ``split_offset``, in
     this order: symbols, the split's keys, pixel noise, then the kind's extra channels."""
@@ -208,11 +217,11 @@ def make_planted(dataset_class: type[PlantedDataset], **options):
             codebook=codebook, patch_size=opts.patch_size, noise=opts.noise,
         )  # fmt: skip
 
-    return split("train", opts.num_train), split("val", opts.num_val)
+    return split("train", opts.num_train), split("val", opts.num_val), split("test", opts.num_test)
 
 
 def planted(**options) -> tuple[PlantedDataset, PlantedDataset]:
-    """Build the train and val splits of the planted task (options: ``PlantedOptions``).
+    """Build the train, val and test splits of the planted task (options: ``PlantedOptions``).
     ``task_seed`` fixes the task (the key positions and the symbol codebook), ``seed`` the images
     drawn from it; ``task_seed=None`` takes ``seed`` for both. A study pins ``task_seed``, so every
     seed run learns the same task from images of its own, and an order learned on one seed can be

@@ -35,9 +35,11 @@ class MovingPlantedDataset(PlantedDataset):
     def shared_keys(self) -> list[int] | None:
         return None  # no key patches common to every image
 
-    def order_metrics(self, index: torch.Tensor, first: int) -> dict[str, torch.Tensor]:
+    def order_metrics(
+        self, index: torch.Tensor, first: int, window: int | None = None
+    ) -> dict[str, torch.Tensor]:
         keys = self.key_positions[first : first + index.shape[0]]  # (B, K): these images' keys
-        return {"key_recall": key_recall(index, keys)}
+        return {"key_recall": key_recall(index, keys, window)}
 
     def oracle_orders(self) -> torch.Tensor:
         """``(M, N)``: each image's distractors in row-major order, then its keys."""

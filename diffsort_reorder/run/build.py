@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..backbones import create_backbone
 from ..checks import check_clip
-from ..data import BatchLoader, create_dataset, grid_shape
+from ..data import BatchLoader, create_splits, grid_shape
 from ..data.loading import batch_order
 from ..model import PatchSequenceModel
 from ..orders.methods import build_orderer
@@ -40,14 +40,15 @@ class Run:
     steps_per_epoch: int
     clip_limits: dict[str, float]  # max gradient norm per part: model, orderer (inf: no clip)
     world: World = World()  # this process's rank among the run's processes
-    loaders: dict[str, BatchLoader] = field(default_factory=dict)  # "train", "val": made on use
+    loaders: dict[str, BatchLoader] = field(default_factory=dict)  # by split: made on use
+    test_set: object = None  # read once, after the last epoch (None: the data has none)
 
     def loading(self) -> tuple[int, bool]:
         """``(num_workers, pin_memory)`` for the loaders of lazy datasets (pinned on CUDA)."""
         return self.cfg.trainer.num_workers, self.device.type == "cuda"
 
     def loader(self, split: str) -> BatchLoader:
-        """The loader of ``split`` ("train" or "val"), kept for the run so that its DataLoader
+        """The loader of ``split`` ("train", "val" or "test"), kept for the run so that its DataLoader
         workers serve every epoch; :meth:`close` stops them. In training each rank reads its part
         of every batch; in validation its contiguous part of the set."""
         if split not in self.loaders:
@@ -55,6 +56,7 @@ class Run:
             dataset, size, part = {
                 "train": (self.train_set, t.batch_size, "batches"),
                 "val": (self.val_set, t.eval_batch_size, "set"),
+                "test": (self.test_set, t.eval_batch_size, "set"),
             }[split]
             self.loaders[split] = BatchLoader(
                 dataset, size, *self.loading(), device=self.device, rank=self.world.rank,
@@ -104,7 +106,7 @@ def build_run(cfg: DictConfig) -> Run:
     check_config(cfg, world.size)
     device = world.connect(resolve_device(t.device))
     options = OmegaConf.to_container(data_cfg.options, resolve=True) or {}
-    train_set, val_set = create_dataset(data_cfg.name, **options)
+    train_set, val_set, test_set = create_splits(data_cfg.name, **options)
     c, h, w = train_set.image_shape
     grid = grid_shape(h, w, data_cfg.patch_size)
     num_tokens = grid[0] * grid[1]
@@ -146,7 +148,7 @@ def build_run(cfg: DictConfig) -> Run:
         "orderer": check_clip("estimator.grad_clip", (est or {}).get("grad_clip")),
     }
     return Run(cfg, device, train_set, val_set, grid, model, orderer, optimizer, scheduler,
-               steps_per_epoch, clip_limits, world)  # fmt: skip
+               steps_per_epoch, clip_limits, world, test_set=test_set)  # fmt: skip
 
 
 def order_tokens(run: Run, patches: torch.Tensor):

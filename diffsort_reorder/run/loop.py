@@ -170,16 +170,20 @@ def train(
     log = RunLogger((t.get("log_dir") or folder.path / "tb") if main else None, run.grid)
     try:
         fit(run, state, log, resolved, folder, on_epoch)
+        # The test split, once, with the final order: nothing that selects reads it.
+        done = len(state["history"]) == t.epochs and run.test_set is not None
+        test = evaluate(run, "test") if done else {}
     except BaseException:
         log.close()  # a pruned or interrupted run leaves its events on disk
         raise
     finally:
         run.close()  # the DataLoader workers end with the run, however it ends
     # 3. Record the result.
-    result = run_result(run, state, version)
+    result = run_result(run, state, version, test)
     if result.finished:
-        log.hparams(resolved, {"hparam/val_acc": result.val_acc,
-                               "hparam/best_val_acc": result.best_val_acc})  # fmt: skip
+        finals = {"val_acc": result.val_acc, "best_val_acc": result.best_val_acc,
+                  "test_acc": result.test_acc}  # fmt: skip
+        log.hparams(resolved, {f"hparam/{k}": v for k, v in finals.items() if v is not None})
     log.close()
     if main:
         folder.write_result(result)
@@ -197,9 +201,9 @@ def resume(run: Run, saved: dict, state: dict) -> dict:
     return {k: saved[k] for k in state}
 
 
-def run_result(run: Run, state: dict, version: str) -> RunResult:
+def run_result(run: Run, state: dict, version: str, test: dict | None = None) -> RunResult:
     """What ``run`` hands its caller once its epochs (``state``) are done; ``version`` is the
-    code's."""
+    code's, ``test`` the test split's metrics (:func:`evaluate`)."""
     cfg, history = run.cfg, state["history"]
     last = history[-1] if history else {}
     glob = run.orderer.is_global
@@ -212,6 +216,8 @@ def run_result(run: Run, state: dict, version: str) -> RunResult:
         best_val_acc=state["best_val_acc"],
         val_loss=last.get("val_loss"),
         key_recall=last.get("key_recall"),
+        test_acc=(test or {}).get("test_acc"),
+        test_loss=(test or {}).get("test_loss"),
         train_seconds=round(state["train_seconds"], 2),
         steps=state["step"],
         epochs=len(history),
