@@ -35,6 +35,7 @@ def check_study(s: DictConfig) -> tuple[list[str], list[str], list[str]]:
     if s.grace_period <= s.heartbeat_interval:
         raise ValueError(f"'study.grace_period' ({s.grace_period} s) should be longer than "
                          f"'study.heartbeat_interval' ({s.heartbeat_interval} s)")  # fmt: skip
+    check_references(s)
     if s.metric not in METRICS:
         raise ValueError(f"'study.metric' should be one of {METRICS} but got {s.metric!r}")
     build_sampler(s.sampler, s.seed), build_pruner(s.pruner)  # both check their settings
@@ -45,6 +46,22 @@ def check_study(s: DictConfig) -> tuple[list[str], list[str], list[str]]:
     if unknown:
         raise ValueError(f"'study.backbone_overrides' names unknown backbones {unknown}")
     return methods, protocols, backbones
+
+
+def check_references(s: DictConfig) -> None:
+    """``study.oracle`` (a bool) and ``study.task_seeds`` (null or distinct ints)."""
+    if not isinstance(s.get("oracle", False), bool):
+        raise ValueError(f"'study.oracle' should be true or false but got {s.oracle!r}")
+    tasks = s.get("task_seeds")
+    if tasks is None:
+        return
+    values = list(tasks) if isinstance(tasks, (list, ListConfig)) else None
+    if (not values or any(isinstance(t, bool) or not isinstance(t, int) for t in values)
+            or len(set(values)) < len(values)):  # fmt: skip
+        raise ValueError(
+            f"'study.task_seeds' should be null or a list of distinct ints (planted key "
+            f"placements) but got {tasks!r}"
+        )
 
 
 def check_methods(methods) -> list[str]:

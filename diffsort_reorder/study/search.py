@@ -60,16 +60,6 @@ def describe(trial: FrozenTrial) -> str:
     return f"{trial.state.name} ({trial.user_attrs.get('fail_reason', 'interrupted')})"
 
 
-def learned_order(trial: FrozenTrial) -> list[int]:
-    """The order a finished search trial learned (recorded with it by the study)."""
-    if "order" in trial.user_attrs:
-        return list(trial.user_attrs["order"])
-    raise ValueError(
-        f"search trial {trial.number} recorded no learned order; re-run its study with a fresh "
-        f"'study.output_dir' to use study.protocol=retrain"
-    )
-
-
 def fail_stale_trials(study: optuna.Study) -> None:
     """Fail the trials whose worker stopped beating (database storages only)."""
     with quiet_experimental():

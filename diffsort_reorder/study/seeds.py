@@ -1,6 +1,7 @@
 """A study's seed runs: each method's best config re-run on the study's seeds (paired across
-methods), under each protocol. :class:`SeedJob` names one; :func:`train_seed_run` trains it in
-this worker's folder, or reuses the run that finished there."""
+methods): the curriculum on every seed, then (retrain) a fresh model on each seed's own learned
+order. :class:`SeedJob` names one; :func:`train_seed_run` trains it in this worker's folder, or
+reuses the run that finished there."""
 
 from __future__ import annotations
 
@@ -15,18 +16,20 @@ from ..orders.methods import learns_one_order
 from ..run.loop import train
 from ..run.result import RunResult
 from ..run.rundir import RunDir
-from .search import TRIAL_ERRORS, learned_order
+from .search import TRIAL_ERRORS
 
 
 class SeedJob(NamedTuple):
-    """One seed re-run: ``method``'s best ``params`` on ``backbone`` with ``seed``, and for the
-    retrain protocol the learned ``order`` it trains on (None: the curriculum)."""
+    """One seed run: ``method``'s best ``params`` on ``backbone`` with ``seed``; for the retrain
+    protocol, the ``order`` that seed's own curriculum run learned (None: a curriculum run) and
+    the key of that run (``order_source``)."""
 
     method: str
     backbone: str
     params: dict
     seed: int
-    order: list[int] | None
+    order: list[int] | None = None
+    order_source: str | None = None
 
     @property
     def name(self) -> str:
@@ -39,13 +42,35 @@ class SeedJob(NamedTuple):
         return f"{self.backbone}/{self.method}/{self.name}"
 
 
-def seed_jobs(protocol: str, method: str, backbone: str, best, seeds: list[int]) -> list[SeedJob]:
-    """The seed re-runs of ``method`` under ``protocol``: its best trial's (``best``) config
-    through the whole curriculum, or (``retrain``, global learned orders) that trial's learned
-    order frozen for a fresh model. Fixed orders and per-image methods run the same either way."""
+def seed_jobs(method: str, backbone: str, best, seeds: list[int]) -> list[SeedJob]:
+    """The curriculum runs of ``method``: its best trial's (``best``) config through the whole
+    curriculum on every seed. Each learns its own order (a learned method) or runs its fixed one;
+    the retrain protocol then trains a fresh model on each seed's own order (:func:`retrain_job`),
+    so that an interval covers the estimator's variation across seeds, not one order's."""
     params = best.params if best is not None else {}
-    order = learned_order(best) if protocol == "retrain" and learns_one_order(method) else None
-    return [SeedJob(method, backbone, params, seed, order) for seed in seeds]
+    return [SeedJob(method, backbone, params, seed) for seed in seeds]
+
+
+def retrain_job(learned: SeedJob, result: RunResult | None) -> SeedJob | RunResult | None:
+    """The retrain run of ``learned`` (a curriculum run whose ``result`` is known): a fresh model
+    on the order it learned, the same seed. A method with no single order (fixed, per-image)
+    retrains nothing: its curriculum run is its retrain result. A failed curriculum run gives a
+    failed result; None while ``result`` is not known yet."""
+    if not learns_one_order(learned.method) or result is None:
+        return result
+    if not result.ok or result.order is None:
+        why = result.failed or "no order recorded"
+        return RunResult(seed=learned.seed, failed=f"its curriculum run {learned.name}: {why}")
+    return learned._replace(order=list(result.order), order_source=learned.key)
+
+
+def task_seed_of(task_seeds, seeds: list[int], seed: int) -> int | None:
+    """The planted task (key placement) seed ``seed`` runs on: ``task_seeds`` in turn over
+    ``seeds`` (the search's seed, not among them, takes the first); None without a list."""
+    if not task_seeds:
+        return None
+    index = seeds.index(seed) if seed in seeds else 0
+    return int(task_seeds[index % len(task_seeds)])
 
 
 def train_seed_run(cfg: DictConfig, train: Callable = train) -> tuple[RunResult, bool]:

@@ -6,11 +6,13 @@ composes ``configs/study.yaml`` with Hydra. For every backbone in ``study.backbo
 learned method, Optuna searches the space in ``configs/space/`` (one Optuna study per backbone and
 method, in one storage); each trial's run config is composed from ``configs/config.yaml`` and run
 by :func:`train`, which reports the validation accuracy every epoch to the pruner. Fixed orders
-(scan orders, priors) are not searched. Then every method is re-run on the same seeds (so results
-pair by seed) under each protocol: ``curriculum`` re-runs the best config's curriculum, ``retrain``
-freezes the order the best trial learned and trains a fresh model on it.
-:mod:`.report` writes ``report.md``, ``results.csv`` (with paired differences and
-their intervals) and the figures. The path of ``report.md`` is printed last.
+(scan orders, priors) are not searched. Then the whole pipeline is replicated on the study's seeds
+(the same for every method, so results pair by seed): each seed runs the best config through the
+curriculum and learns its own order; under ``retrain`` a fresh model is trained on that seed's own
+order. Search, pruning and trial selection read the validation split; every reported number reads
+the test split. :mod:`.report` writes ``report.md``, ``results.csv`` (paired differences with
+Holm-corrected p-values), ``results_by_seed.csv`` and the figures. The path of ``report.md`` is
+printed last.
 
 Re-running the same command resumes: finished trials and seed runs are kept, and a trial that was
 interrupted (Ctrl-C, a killed worker) is run again with its parameters from its last checkpoint. A
@@ -47,7 +49,7 @@ from ..run.runtime import show_progress
 from .checks import check_study
 from .report import best_trial, write_report
 from .search import describe, search
-from .seeds import SeedJob, seed_jobs, train_seed_run
+from .seeds import SeedJob, retrain_job, seed_jobs, task_seed_of, train_seed_run
 from .space import (
     build_pruner,
     build_sampler,
@@ -73,6 +75,8 @@ class Study:
         s = cfg.study
         self.cfg, self.s = cfg, s
         self.methods, self.protocols, self.backbones = check_study(s)
+        # The oracle order: a reference row (never searched, never a "best fixed" order).
+        self.runs = [*self.methods, *(["oracle"] if s.get("oracle") else [])]
         self.spaces = {
             m: check_space(m, cfg.space.get(m)) for m in self.methods if is_learned(m)
         }  # fmt: skip
@@ -80,7 +84,7 @@ class Study:
         self.seeds = [s.seed + k for k in range(1, s.seeds + 1)]  # every method's: paired
         # Every run's config composes now, before any training: a bad key fails here.
         for backbone in self.backbones:
-            for method in self.methods:
+            for method in self.runs:
                 self.check_run_config(method, backbone)
         # Everything workers share goes through the storage: trials, finished runs, locks.
         self.backend = open_backend(s.storage, self.output_dir,
@@ -97,9 +101,12 @@ class Study:
         self, method: str, backbone: str, seed: int, name: str, params: dict, extra=()
     ) -> DictConfig:
         run = f"{backbone}/{method}/{name}"
+        task_seed = task_seed_of(self.s.get("task_seeds"), self.seeds, seed)
+        replaced = {"backbone", *(["data.options.task_seed"] if task_seed is not None else [])}
         overrides = [
-            *(o for o in self.s.overrides if o.partition("=")[0] != "backbone"),
+            *(o for o in self.s.overrides if o.partition("=")[0] not in replaced),
             f"backbone={backbone}",
+            *([f"data.options.task_seed={task_seed}"] if task_seed is not None else []),
             *(self.s.get("backbone_overrides") or {}).get(backbone, []),
             *(self.s.method_overrides or {}).get(method, []),
             f"method={method}",
@@ -122,12 +129,10 @@ class Study:
                 f"{where}: the {backbone} run config for {method!r} does not compose: {err}"
             ) from err
         check_config(cfg)
-        options = cfg.data.get("options") or {}
-        if "retrain" in self.protocols and "task_seed" in options and options.task_seed is None:
+        if self.s.get("task_seeds") and "task_seed" not in (cfg.data.get("options") or {}):
             raise ValueError(
-                f"'study.protocol' retrain evaluates an order learned on seed {self.s.seed} on "
-                f"other seeds, but data {cfg.data.name!r} draws a new task (its key patches) from "
-                f"every seed; pin it with 'data.options.task_seed=<int>' in 'study.overrides'"
+                f"'study.task_seeds' places the keys of planted data, but data "
+                f"{cfg.data.name!r} has no 'task_seed' option; set study.task_seeds=null"
             )
         est = cfg.get("estimator")
         if est is not None:
@@ -155,8 +160,8 @@ class Study:
             raise StudyStopped(f"stopped after {self.runs_done} runs (study.stop_after_runs)")
 
     def total_runs(self) -> int:
-        per_backbone = len(self.spaces) * self.s.n_trials + len(self.methods) * len(self.seeds)
-        if "retrain" in self.protocols and "curriculum" in self.protocols:
+        per_backbone = len(self.spaces) * self.s.n_trials + len(self.runs) * len(self.seeds)
+        if "retrain" in self.protocols:
             per_backbone += sum(map(learns_one_order, self.methods)) * len(self.seeds)
         return per_backbone * len(self.backbones)
 
@@ -195,8 +200,10 @@ class Study:
                     torch.cuda.empty_cache()
                 raise
             trial.set_user_attr("train_seconds", result.train_seconds)
-            if result.order is not None:  # what the retrain protocol freezes
+            if result.order is not None:  # the order this trial learned, for the record
                 trial.set_user_attr("order", result.order)
+            if result.marginal_error is not None:  # a Sinkhorn-based estimator's convergence
+                trial.set_user_attr("marginal_error", result.marginal_error)
             return result.metric(metric)
 
         return run_trial
@@ -239,11 +246,14 @@ class Study:
         )
 
     # --- seed re-runs
-    def seed_run(self, job: SeedJob, wait: bool = True) -> RunResult | None:
+    def seed_run(self, job: SeedJob | RunResult | None, wait: bool = True) -> RunResult | None:
         """The result of the seed run ``job``: recorded in the storage by whichever worker
         trained it, else trained here. With an ``order`` (the retrain protocol) the run trains a
         fresh model on that fixed order. None when another worker is training it and ``wait``
-        is False. A run that failed (:data:`TRIAL_ERRORS`) is recorded as failed, and final."""
+        is False. A run that failed (:data:`TRIAL_ERRORS`) is recorded as failed, and final.
+        A ``job`` that is already a result (or None: not known yet) is returned as it is."""
+        if not isinstance(job, SeedJob):
+            return job
         cfg, digest = self.seed_config(job)
         result = self.records.get(job.key, digest)
         if result is not None:
@@ -275,7 +285,7 @@ class Study:
         self.bar = tqdm(total=self.total_runs(), desc=s.name, unit="run", file=sys.stderr,
                         disable=not show_progress(s.progress))  # fmt: skip
         searches: dict[tuple[str, str], optuna.Study] = {}
-        jobs: dict[tuple[str, str, str], list[SeedJob]] = {}
+        jobs: dict[tuple[str, str], list[SeedJob]] = {}  # (backbone, method): curriculum runs
         try:
             for backbone in self.backbones:
                 # 1. Search every learned method (all workers share each search's budget).
@@ -283,23 +293,34 @@ class Study:
                     if method in self.spaces:
                         self.bar.set_description(f"{s.name}: search {backbone}/{method}")
                         searches[backbone, method] = self.search(method, backbone)
-                # 2. Re-run each method's best config on the seeds, every run once: here the
-                #    runs no other worker holds (those it does are waited for in 3).
-                for protocol in self.protocols:
-                    for method in self.methods:
-                        best = best_trial(searches.get((backbone, method)))
-                        failed = method in self.spaces and best is None  # every trial failed
-                        jobs[protocol, backbone, method] = (
-                            []
-                            if failed
-                            else seed_jobs(protocol, method, backbone, best, self.seeds)
-                        )
+                # 2. Replicate each method's best config on every seed, every run once: here the
+                #    runs no other worker holds (those it does are waited for in 3); then each
+                #    seed's retrain on the order that seed learned, where it is known already.
+                for method in self.runs:
+                    best = best_trial(searches.get((backbone, method)))
+                    failed = method in self.spaces and best is None  # every trial failed
+                    jobs[backbone, method] = (
+                        [] if failed else seed_jobs(method, backbone, best, self.seeds)
+                    )
                 self.bar.set_description(f"{s.name}: seed runs {backbone}")
-                for job in (job for (_, b, _), js in jobs.items() if b == backbone for job in js):
-                    self.seed_run(job, wait=False)
+                learned = [(job, self.seed_run(job, wait=False))
+                           for m in self.runs for job in jobs[backbone, m]]  # fmt: skip
+                if "retrain" in self.protocols:
+                    for job, result in learned:
+                        self.seed_run(retrain_job(job, result), wait=False)
         finally:
             self.bar.close()
         # 3. The report, from the storage alone (waiting for other workers' runs, or training
         #    those a killed worker left): every worker that gets here writes the same one.
-        results = {where: [self.seed_run(job) for job in js] for where, js in jobs.items()}
-        return write_report(self.output_dir, self.cfg, searches, results)
+        results: dict[tuple[str, str, str], list[RunResult]] = {}
+        sources: dict[tuple[str, str, str], list[str]] = {}
+        for (backbone, method), js in jobs.items():
+            curriculum = [self.seed_run(job) for job in js]
+            for protocol in self.protocols:
+                if protocol == "retrain" and learns_one_order(method):
+                    retrains = [retrain_job(j, r) for j, r in zip(js, curriculum, strict=True)]
+                    results[protocol, backbone, method] = [self.seed_run(j) for j in retrains]
+                else:
+                    results[protocol, backbone, method] = curriculum
+                sources[protocol, backbone, method] = [j.key for j in js]  # whose order
+        return write_report(self.output_dir, self.cfg, searches, results, sources)

@@ -1,10 +1,11 @@
 """A study's report: ``results.csv``, ``comparison.png``, ``orders.png``, ``backbones.png`` and
 ``report.md``.
 
-Rows (:mod:`.rows`) are (protocol, backbone, method). Within one (protocol, backbone) every method
-ran the same seeds, so each row carries its paired difference to ``row_major`` and to the best
-fixed order, with a 95% interval (:mod:`diffsort_reorder.study.stats`); the headline
-(:mod:`.markdown`) claims a gain only where that interval excludes zero. Every file is written
+Rows (:mod:`.rows`) are (protocol, backbone, method) and report the test split. Within one
+(protocol, backbone) every method ran the same seeds, so each row carries its paired differences
+to the best fixed order and to ``row_major``, Holm-corrected per family (:mod:`.verdicts`); the
+headline (:mod:`.markdown`) claims a gain only where the adjusted p < 0.05. ``results_by_seed.csv``
+has every seed run's numbers and order, for researchers' own statistics. Every file is written
 atomically (:mod:`diffsort_reorder.files`), so a report is never half-written.
 """
 
@@ -23,10 +24,13 @@ from .markdown import (
     backbone_table,
     closing_lines,
     headline,
+    placement_lines,
     markdown_table,
     method_lines,
 )
-from .rows import COLUMNS, Row, best_trial, csv_text, groups, summarize
+from ..seeds import task_seed_of
+from .rows import COLUMNS, SEED_COLUMNS, Row, best_trial, csv_text, groups, seeds_csv_text
+from .verdicts import summarize
 
 
 def training_minutes(rows: list[Row], searches: dict) -> float:
@@ -46,39 +50,47 @@ def report_lines(cfg: DictConfig, rows: list[Row], searches: dict,
     several = len({b for _, b in panels}) > 1
     code = {run.code_version for r in rows for run in r.runs if run.code_version}
     per_image = sorted({r.method for r in rows if is_per_image(r.method)})
+    reported = ", ".join(sorted({r.reported for r in rows if r.n_seeds})) or "-"
     failures = [f"- `{r.method}` ({r.backbone}, {r.protocol}) {where}: {why}"
                 for r in rows for where, why in r.failures]  # fmt: skip
     lines = [
         f"# Study `{s.name}`",
         "",
-        *(f"- **{b}, {p}:** {headline(g, metric)}" for (p, b), g in panels.items()),
+        *(f"- **{b}, {p}:** {headline(g)}" for (p, b), g in panels.items()),
         "",
         *method_lines(s, protocols, per_image),
-        f"Metric: `{metric}`, {METRIC_MEANINGS[metric]} (the `val_acc_*` columns of results.csv "
-        f"hold it). Training time: {training_minutes(rows, searches):.1f} min, summed over the "
+        f"Reported: the test accuracy at the last epoch ({reported}). Search metric: `{metric}`, "
+        f"{METRIC_MEANINGS[metric]} (the `val_acc_*` columns of results.csv). Training time: "
+        f"{training_minutes(rows, searches):.1f} min, summed over the "
         f"seed runs and the search trials that finished (whichever worker ran them).  ",
         f"Code version: {', '.join(sorted(code)) or 'unknown'}",
         "",
     ]
     for (protocol, backbone), group in panels.items():
-        lines += [f"## {backbone}, {protocol}", "", markdown_table(group, metric), ""]
+        lines += [f"## {backbone}, {protocol}", "", markdown_table(group), "",
+                  *placement_lines(group, s), ""]  # fmt: skip
     if several:
         for protocol in protocols:
             lines += [f"## Method x backbone ({protocol})", "",
-                      "Mean accuracy (paired difference to row_major, points, 95% CI):", "",
+                      "Mean test accuracy (paired difference to row_major, points, 95% CI):", "",
                       backbone_table(rows, protocol), ""]  # fmt: skip
         lines += [*figures[0], ""]
     return lines + closing_lines(s, protocols, figures[1], failures)
 
 
-def write_report(output_dir: Path, cfg: DictConfig, searches: dict, results: dict) -> Path:
+def write_report(output_dir: Path, cfg: DictConfig, searches: dict, results: dict,
+                 sources: dict | None = None) -> Path:  # fmt: skip
     """Write the report files into ``output_dir``; returns the path of ``report.md``. Everything
     in it comes from the study's storage (``searches``: each (backbone, method)'s Optuna study;
-    ``results``: each (protocol, backbone, method)'s seed runs), so every worker of a study
-    writes the same report."""
+    ``results``: each (protocol, backbone, method)'s seed runs; ``sources``: the run whose order
+    each of them trained on), so every worker of a study writes the same report."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    rows = summarize(searches, results, cfg.study.metric)
+    s = cfg.study
+    rows = summarize(searches, results, s.metric, sources)
+    seeds = [s.seed + k for k in range(1, s.seeds + 1)]
     write_text(output_dir / "results.csv", csv_text(rows))
+    write_text(output_dir / "results_by_seed.csv",
+               seeds_csv_text(rows, lambda seed: task_seed_of(s.get("task_seeds"), seeds, seed)))
     data = next((r.data for r in rows if r.n_seeds), "?")
     figures = write_figures(rows, output_dir, f"{cfg.study.name}: {data}")
     path = write_text(
@@ -88,4 +100,4 @@ def write_report(output_dir: Path, cfg: DictConfig, searches: dict, results: dic
     return path
 
 
-__all__ = ["COLUMNS", "Row", "best_trial", "summarize", "write_report"]
+__all__ = ["COLUMNS", "SEED_COLUMNS", "Row", "best_trial", "summarize", "write_report"]

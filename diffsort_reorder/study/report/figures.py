@@ -16,7 +16,8 @@ from ...files import write_bytes
 from ...plotting import orders_figure
 from .rows import Row, by_delta, groups
 
-KIND_COLOURS = {"scan": "#8c8c8c", "prior": "#e39c37", "learned": "#3a78b5", "probe": "#6a9f58"}
+KIND_COLOURS = {"scan": "#8c8c8c", "prior": "#e39c37", "learned": "#3a78b5", "probe": "#6a9f58",
+                "oracle": "#b03a2e"}  # fmt: skip
 
 
 def comparison_figure(rows: list[Row], title: str) -> Figure:
@@ -34,21 +35,21 @@ def comparison_figure(rows: list[Row], title: str) -> Figure:
         group = [r for r in by_delta(group) if r.n_seeds]
         y = list(range(len(group)))
         delta = [100 * r.delta_vs_row_major for r in group]
-        low = [d - 100 * r.delta_ci_low if not math.isnan(r.delta_ci_low) else 0
+        low = [d - 100 * r.row_major_ci_low if not math.isnan(r.row_major_ci_low) else 0
                for d, r in zip(delta, group, strict=True)]  # fmt: skip
-        high = [100 * r.delta_ci_high - d if not math.isnan(r.delta_ci_high) else 0
+        high = [100 * r.row_major_ci_high - d if not math.isnan(r.row_major_ci_high) else 0
                 for d, r in zip(delta, group, strict=True)]  # fmt: skip
         for yi, d, lo, hi, r in zip(y, delta, low, high, group, strict=True):
             ax.errorbar(d, yi, xerr=[[lo], [hi]], fmt="o", color=KIND_COLOURS[r.kind],
-                        capsize=3, markersize=5 if r.significant else 3)  # fmt: skip
+                        capsize=3, markersize=5 if r.significant_vs_row_major else 3)  # fmt: skip
         ax.axvline(0, color="black", linestyle="--", linewidth=0.8)
-        ax.set_yticks(y, [f"{r.method}{' *' if r.significant else ''}" for r in group],
-                      fontsize=7)  # fmt: skip
+        labels = [f"{r.method}{' *' if r.significant_vs_row_major else ''}" for r in group]
+        ax.set_yticks(y, labels, fontsize=7)
         ax.set_title(f"{backbone}, {protocol}", fontsize=9)
-        ax.set_xlabel("val acc - row_major (points, 95% CI)", fontsize=7)
+        ax.set_xlabel("test acc - row_major (points, 95% CI)", fontsize=7)
     for ax in axes[len(panels) :]:
         ax.set_axis_off()
-    fig.suptitle(f"{title}   (* interval excludes 0)", fontsize=10)
+    fig.suptitle(f"{title}   (* Holm-adjusted p < 0.05)", fontsize=10)
     return fig
 
 
@@ -70,12 +71,12 @@ def backbones_figure(rows: list[Row], protocol: str) -> Figure:
     for i, m in enumerate(methods):
         for j, b in enumerate(backbones):
             if not math.isnan(values[i][j]):
-                star = "*" if cell[m, b].significant else ""
+                star = "*" if cell[m, b].significant_vs_row_major else ""
                 ax.text(j, i, f"{values[i][j]:+.1f}{star}", ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(backbones)), backbones, fontsize=8)
     ax.set_yticks(range(len(methods)), methods, fontsize=7)
-    fig.colorbar(image, ax=ax, label="val acc - row_major (points)")
-    ax.set_title(f"{protocol}: paired difference to row_major (* 95% CI excludes 0)", fontsize=9)
+    fig.colorbar(image, ax=ax, label="test acc - row_major (points)")
+    ax.set_title(f"{protocol}: paired difference to row_major (* Holm p < 0.05)", fontsize=9)
     return fig
 
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 
 from omegaconf import DictConfig
 
-from ..stats import PairedDelta
-from .rows import BASELINE, Row, by_delta
+from ..seeds import task_seed_of
+from ..stats import INTERVAL, PairedDelta, beats
+from ..stats import EQUIVALENCE_MARGIN as MARGIN
+from .rows import Row
+from .verdicts import ALPHA
 
 METRIC_MEANINGS = {
     "val_acc": "the validation accuracy at the last epoch, with the order frozen",
@@ -29,7 +33,7 @@ def _short(value) -> str:
 
 
 def points(delta: PairedDelta) -> str:
-    """A paired difference in points with its interval, bold when significant."""
+    """A paired difference in points with its interval, bold when significant after Holm."""
     if math.isnan(delta.delta):
         return "-"
     text = f"{100 * delta.delta:+.1f} [{_fmt(100 * delta.low, '+.1f')}, " \
@@ -37,29 +41,48 @@ def points(delta: PairedDelta) -> str:
     return f"**{text}**" if delta.significant else text
 
 
-def markdown_table(group: list[Row], metric: str) -> str:
-    header = ["method", "kind", f"{metric} mean ± std", "vs row_major (pts, 95% CI)",
-              "vs best fixed", "key recall", "per seed", "train s", "trials (ok/pruned/failed)",
+def p_text(delta: PairedDelta) -> str:
+    """``p (Holm-adjusted p)``."""
+    if math.isnan(delta.p_value):
+        return "-"
+    return f"{delta.p_value:.3g}, Holm {_fmt(delta.p_holm, '.3g')}"
+
+
+def _rate(row: Row) -> str:
+    if row.success_rate == "":
+        return "-"
+    return f"{round(row.success_rate * len(row.by_seed))}/{len(row.by_seed)}"
+
+
+def markdown_table(group: list[Row]) -> str:
+    header = ["method", "kind", "test acc mean ± std", "vs best fixed (pts, 95% CI)",
+              "p, Holm-adjusted", "success", "vs row_major", "gap to oracle", "key recall",
+              "marginal error", "per seed", "train s", "trials (ok/pruned/failed)",
               "best params"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in reversed(by_delta(group)):
+    for r in sorted(group, key=lambda r: -r.test_acc_mean if r.n_seeds else math.inf):
         trials = (
             f"{r.trials_complete}/{r.trials_pruned}/{r.trials_failed}"
             if r.kind == "learned"
             else "-"
         )
         params = ", ".join(f"`{k}={_short(v)}`" for k, v in json.loads(r.best_params).items())
-        acc = f"{r.val_acc_mean:.3f} ± {r.val_acc_std:.3f}" if r.n_seeds else "failed"
+        acc = f"{r.test_acc_mean:.3f} ± {r.test_acc_std:.3f}" if r.n_seeds else "failed"
+        error = _fmt(r.marginal_error, ".3f")
+        if r.converged is False:
+            error += " (not converged)"
         lines.append(
-            f"| {r.method} | {r.kind} | {acc} | {points(r.delta)} | "
-            f"{points(r.vs_best_fixed)} | {_fmt(r.key_recall, '.2f')} | "
-            f"{r.val_accs or '-'} | {_fmt(r.train_seconds, '.1f')} | {trials} | {params or '-'} |"
+            f"| {r.method} | {r.kind} | {acc} | {points(r.vs_best_fixed)} | "
+            f"{p_text(r.vs_best_fixed)} | {_rate(r)} | {points(r.vs_row_major)} | "
+            f"{_fmt(100 * r.gap_to_oracle, '+.1f')} | {_fmt(r.key_recall, '.2f')} | {error} | "
+            f"{r.test_accs or '-'} | {_fmt(r.train_seconds, '.1f')} | {trials} | "
+            f"{params or '-'} |"
         )
     return "\n".join(lines)
 
 
 def backbone_table(rows: list[Row], protocol: str) -> str:
-    """Method x backbone: mean accuracy and the paired difference to row_major."""
+    """Method x backbone: mean test accuracy and the paired difference to row_major."""
     group = [r for r in rows if r.protocol == protocol]
     backbones = list(dict.fromkeys(r.backbone for r in group))
     cell = {(r.method, r.backbone): r for r in group}
@@ -69,46 +92,80 @@ def backbone_table(rows: list[Row], protocol: str) -> str:
         for b in backbones:
             r = cell.get((method, b))
             ok = r is not None and r.n_seeds
-            cells.append(f"{r.val_acc_mean:.3f} ({points(r.delta)})" if ok else "-")
+            cells.append(f"{r.test_acc_mean:.3f} ({points(r.vs_row_major)})" if ok else "-")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def headline(group: list[Row], metric: str) -> str:
-    """What the group shows, claiming a gain only where the paired interval excludes 0."""
+def headline(group: list[Row]) -> str:
+    """What the panel shows: a learned order beats (or loses to) the best fixed order only where
+    its Holm-adjusted p < 0.05, matches it only where the equivalence test says so, and a
+    non-significant difference is reported with the smallest effect the family could detect."""
     ok = [r for r in group if r.n_seeds]
-    base = next((r for r in ok if r.method == BASELINE), None)
     learned = [r for r in ok if r.kind == "learned"]
-    if base is None or not learned:
-        return "No headline: the comparison needs `row_major` and a learned method that finished."
-    wins = sorted(
-        (r for r in learned if r.significant and r.delta_vs_row_major > 0),
-        key=lambda r: -r.delta_vs_row_major,
-    )
-    best = wins[0] if wins else max(learned, key=lambda r: r.delta_vs_row_major)
-    fixed = next((r for r in ok if r.method == best.best_fixed), None)
-    vs_fixed = (
-        f"against the best fixed order `{fixed.method}` ({fixed.val_acc_mean:.3f}): "
-        f"{points(best.vs_best_fixed)}"
-        if fixed
-        else "no fixed order to compare with"
-    )
+    best = next((r for r in ok if r.method == (ok[0].best_fixed if ok else "")), None)
+    if best is None or not learned:
+        return "No headline: the comparison needs a fixed order and a learned method that finished."
+    parts = [f"best fixed order (picked on validation) `{best.method}`, test "
+             f"{best.test_acc_mean:.3f}."]  # fmt: skip
+    wins = sorted((r for r in learned if beats(r.vs_best_fixed)), key=lambda r: -r.p_value)
+    losses = [r for r in learned if r.significant and r.delta_vs_best_fixed < 0]
+    same = [r for r in learned if r.p_equivalent < ALPHA]
+    named = lambda rs: ", ".join(f"`{r.method}` {points(r.vs_best_fixed)}" for r in rs)  # noqa: E731
     if wins:
-        names = ", ".join(f"`{r.method}`" for r in wins)
-        return (
-            f"Learned orders that beat `row_major` (95% CI excludes 0): {names}. Best: "
-            f"**{best.method}**, {metric} {best.val_acc_mean:.3f} vs "
-            f"{base.val_acc_mean:.3f}, {points(best.delta)} points; {vs_fixed}."
+        parts.append(f"Beat it (Holm-adjusted p < 0.05): {named(wins)}.")
+    else:
+        top = max(learned, key=lambda r: r.delta_vs_best_fixed)
+        mde = min((r.mde for r in learned), default=math.inf)
+        power = (
+            f"the smallest effect this panel detects with 80% power is {100 * mde:.1f} points"
+            if math.isfinite(mde)
+            else f"at {len(top.by_seed)} seeds its corrected test cannot reach p < 0.05 at all"
         )
-    return (
-        f"No learned order beats `row_major` significantly. Closest: `{best.method}`, "
-        f"{points(best.delta)} points ({best.val_acc_mean:.3f} vs "
-        f"{base.val_acc_mean:.3f}); {vs_fixed}."
-    )
+        parts.append(
+            f"No learned order beats it after Holm's correction over {len(learned)} methods; "
+            f"the closest, `{top.method}`, {points(top.vs_best_fixed)} points (p "
+            f"{p_text(top.vs_best_fixed)}). Not an absence of effect: {power}."
+        )
+    if losses:
+        parts.append(f"Worse than it: {named(losses)}.")
+    if same:
+        parts.append(f"Equivalent to it within ±{100 * MARGIN:.0f} points (TOST): "
+                     f"{', '.join(f'`{r.method}`' for r in same)}.")  # fmt: skip
+    rates = ", ".join(f"{r.method} {_rate(r)}" for r in learned)
+    parts.append(f"Seeds whose learned order beat it on test: {rates}.")
+    gaps = [r for r in learned if not math.isnan(r.gap_to_oracle)]
+    if gaps:
+        closest = max(gaps, key=lambda r: r.gap_to_oracle)
+        parts.append(f"Closest to the oracle: `{closest.method}`, "
+                     f"{100 * closest.gap_to_oracle:+.1f} points.")  # fmt: skip
+    return " ".join(parts)
+
+
+def placement_lines(group: list[Row], s: DictConfig) -> list[str]:
+    """Planted data with several key placements (``study.task_seeds``): each method's mean test
+    accuracy per placement, beside the pooled mean of the table above."""
+    tasks = list(s.get("task_seeds") or [])
+    if len(tasks) < 2:
+        return []
+    seeds = [s.seed + k for k in range(1, s.seeds + 1)]
+    header = ["method", *(f"task {t}" for t in tasks), "pooled"]
+    lines = ["Per key placement (mean test accuracy over its seeds):", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
+    for r in group:
+        if not r.n_seeds:
+            continue
+        cells = []
+        for t in tasks:
+            values = [v for seed, v in r.by_seed.items()
+                      if task_seed_of(tasks, seeds, seed) == t]  # fmt: skip
+            cells.append(f"{statistics.fmean(values):.3f}" if values else "-")
+        lines.append(f"| {r.method} | " + " | ".join(cells) + f" | {r.test_acc_mean:.3f} |")
+    return lines
 
 
 def method_lines(s: DictConfig, protocols: list[str], per_image: list[str]) -> list[str]:
-    """How the study ran: the command, the search, the seeds and the protocols."""
+    """How the study ran: the command, the search, the seeds, the protocols and the tests."""
     command = " ".join(["python -m diffsort_reorder.study", *sys.argv[1:]])
     seeds = f"{s.seed + 1}..{s.seed + s.seeds}"
     per_image_note = (
@@ -117,24 +174,35 @@ def method_lines(s: DictConfig, protocols: list[str], per_image: list[str]) -> l
         if per_image and "retrain" in protocols
         else ""
     )
+    tasks = s.get("task_seeds")
+    placements = (
+        f" Planted keys: task seeds {list(tasks)}, in turn over the seeds (one key placement "
+        f"per seed, the same for every method)."
+        if tasks
+        else ""
+    )
     return [
         f"Command: `{command}`  ",
         f"Run config overrides: `{' '.join(s.overrides)}`  ",
         f"Search: {s.n_trials} Optuna trials per learned method and backbone ({s.sampler.name} "
-        f"sampler, {s.pruner.name} pruner) on seed {s.seed}; then every method re-run on seeds "
-        f"{seeds}, the same seeds for every method (a seed fixes the initialization, the sampling "
-        f"and the batch order; the data too unless the overrides pin `data.options.seed`), so "
-        f"differences are paired by seed. The numbers never include the search's own runs.  ",
-        f"Protocols: {', '.join(protocols)}. *curriculum*: each seed run trains the best config "
-        f"through REOrder's curriculum (fixed order, policy, frozen order). *retrain*: the order "
-        f"the best search trial learned is frozen and each seed trains a fresh model on it, so "
-        f"the order's own value is separated from the run's adaptation to it."
+        f"sampler, {s.pruner.name} pruner) on seed {s.seed}, selected on the validation split. "
+        f"Then the whole pipeline is replicated on seeds {seeds}, the same for every method (a "
+        f"seed fixes the initialization, the sampling, the batch order and the images), so "
+        f"differences pair by seed.{placements} Every reported number reads the test split, "
+        f"which no search, pruner or selection read.  ",
+        f"Protocols: {', '.join(protocols)}. *curriculum*: each seed trains the best config "
+        f"through REOrder's curriculum (fixed order, policy, frozen order) and learns its own "
+        f"order. *retrain*: a fresh model is trained on the order that seed learned, so the "
+        f"order's own value is separated from the run's adaptation to it; the interval covers "
+        f"the estimator's variation across seeds, not one order's."
         + per_image_note
         + "  ",
-        "Intervals: 95%, of the mean per-seed difference; a Student t-interval below 10 seeds, "
-        "else a percentile bootstrap (2000 resamples). **Bold**: the interval excludes 0. Each "
-        "interval stands alone (no correction for the many comparisons of a table), and the best "
-        "fixed order is picked on the same seeds it is compared on.  ",
+        f"Tests: paired by seed; p from an exact sign-flip permutation test, Holm-adjusted within "
+        f"each panel's family (the learned methods against the best fixed order, picked on "
+        f"validation; every method against row_major). **Bold**: adjusted p < 0.05. 95% "
+        f"intervals: {INTERVAL}. *Equivalent*: both one-sided tests of a difference beyond "
+        f"±{100 * MARGIN:.0f} points reject (TOST, p < 0.05). *success*: the seeds whose "
+        f"learned order beat the best fixed order on test.  ",
     ]
 
 
