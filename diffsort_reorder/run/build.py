@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 from dataclasses import dataclass, field
 
@@ -21,7 +20,7 @@ from ..orders.methods import build_orderer
 from .checks import check_config
 from .distributed import World
 from .runtime import resolve_device, seed_everything, use_amp
-from .schedules import constant_lr, lr_factor, tau_at
+from .schedules import model_lr, policy_lr, tau_at
 
 
 @dataclass
@@ -138,10 +137,11 @@ def build_run(cfg: DictConfig) -> Run:
         )
     optimizer = torch.optim.AdamW(groups, lr=t.lr)
     steps_per_epoch = len(batch_order(len(train_set), t.batch_size, None, world.rank, world.size))
-    total, warmup = t.epochs * steps_per_epoch, t.warmup_epochs * steps_per_epoch
-    model_lr = functools.partial(lr_factor, warmup_steps=warmup, total_steps=total)
+    # The model's schedule restarts for the frozen phase (trainer.lr_restart); the orderer's is
+    # its own, over the policy phase (trainer.policy), never the model's warm-up and cosine.
+    model_factor, policy_factor = model_lr(t, steps_per_epoch), policy_lr(t, steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, [model_lr, model_lr] + [constant_lr] * (len(groups) - 2)
+        optimizer, [model_factor, model_factor] + [policy_factor] * (len(groups) - 2)
     )
     clip_limits = {
         "model": check_clip("trainer.grad_clip", t.grad_clip),

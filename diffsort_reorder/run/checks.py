@@ -26,7 +26,7 @@ from ..checks import (
 from ..model import POS_EMBEDS
 from ..orders.methods import kind_of
 from .runtime import use_amp
-from .schedules import TAU_SCHEDULES
+from .schedules import LR_RESTARTS, POLICY_LR_SCHEDULES, TAU_SCHEDULES
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -48,6 +48,7 @@ TRAINER = {
     "lr": check_number,
     "weight_decay": lambda k, v: check_number(k, v, strict=False),
     "warmup_epochs": check_int,
+    "lr_restart": lambda k, v: check_choice(k, v, list(LR_RESTARTS)),
     "grad_clip": check_clip,
     "device": lambda k, v: check_choice(k, v, DEVICES),
     "amp": lambda k, v: use_amp(v, torch.device("cpu")),
@@ -60,31 +61,45 @@ TRAINER = {
     "progress": _progress,
     "log_dir": _optional(check_path),
 }
-CURRICULUM = ("fixed_epochs", "policy_epochs")
+# The trainer settings that hold settings of their own, and their checks.
+SECTIONS = {
+    "curriculum": {"fixed_epochs": check_int, "policy_epochs": check_int},
+    "policy": {
+        "warmup_epochs": check_int,
+        "lr_schedule": lambda k, v: check_choice(k, v, POLICY_LR_SCHEDULES),
+    },
+}
+
+
+def check_section(name: str, section) -> None:
+    """``trainer.<name>``: a group holding exactly the settings ``SECTIONS[name]`` checks."""
+    checks = SECTIONS[name]
+    if not isinstance(section, DictConfig):
+        raise ValueError(f"'trainer.{name}' should hold {' and '.join(checks)} but got {section!r}")
+    unknown = sorted(set(section) - set(checks))
+    if unknown:
+        raise ValueError(
+            f"'trainer.{name}.{unknown[0]}' is not a {name} setting; the settings are: "
+            f"{', '.join(checks)}"
+        )
+    for key, check in checks.items():
+        check(f"trainer.{name}.{key}", section.get(key))
 
 
 def check_trainer(t: DictConfig, learned: bool) -> None:
     """Every ``trainer.*`` key: known, of its type and range; warm-up and (for a learned method)
-    the curriculum fit in ``trainer.epochs``."""
+    the curriculum fit in ``trainer.epochs``, the policy warm-up in the policy phase."""
     for key in t:
-        if key != "curriculum" and key not in TRAINER:
+        if key not in SECTIONS and key not in TRAINER:
             raise ValueError(
                 f"'trainer.{key}' is not a trainer setting; the settings are: "
-                f"{', '.join([*TRAINER, 'curriculum'])}"
+                f"{', '.join([*TRAINER, *SECTIONS])}"
             )
     for key, check in TRAINER.items():
         check(f"trainer.{key}", t.get(key))
-    if not isinstance(t.curriculum, DictConfig):
-        raise ValueError(
-            f"'trainer.curriculum' should hold {' and '.join(CURRICULUM)} but got {t.curriculum!r}"
-        )
-    unknown = sorted(set(t.curriculum) - set(CURRICULUM))
-    if unknown:
-        raise ValueError(
-            f"'trainer.curriculum.{unknown[0]}' is not a curriculum setting; the settings are: "
-            f"{', '.join(CURRICULUM)}"
-        )
-    fixed, policy = (check_int(f"trainer.curriculum.{k}", t.curriculum.get(k)) for k in CURRICULUM)
+    for name in SECTIONS:
+        check_section(name, t.get(name))
+    fixed, policy = t.curriculum.fixed_epochs, t.curriculum.policy_epochs
     if t.warmup_epochs > t.epochs:
         raise ValueError(
             f"'trainer.warmup_epochs' should be at most trainer.epochs ({t.epochs}) but got "
@@ -94,6 +109,11 @@ def check_trainer(t: DictConfig, learned: bool) -> None:
         raise ValueError(
             f"'trainer.curriculum' needs fixed_epochs + policy_epochs <= trainer.epochs "
             f"({t.epochs}) but got {fixed} + {policy}"
+        )
+    if learned and t.policy.warmup_epochs > policy:
+        raise ValueError(
+            f"'trainer.policy.warmup_epochs' should be at most trainer.curriculum.policy_epochs "
+            f"({policy}) but got {t.policy.warmup_epochs}"
         )
 
 

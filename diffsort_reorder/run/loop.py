@@ -28,7 +28,7 @@ from .log import RunLogger
 from .result import RunResult
 from .rundir import RunDir
 from .runtime import code_version, rng_state, set_rng_state, show_progress
-from .schedules import phase_at
+from .schedules import lr_mass, phase_at
 
 MODULES = ("model", "orderer", "optimizer", "scheduler")  # what a checkpoint holds of a Run
 
@@ -218,6 +218,7 @@ def run_result(run: Run, state: dict, version: str, test: dict | None = None) ->
         key_recall=last.get("key_recall"),
         test_acc=(test or {}).get("test_acc"),
         test_loss=(test or {}).get("test_loss"),
+        lr_mass={k: round(v, 4) for k, v in lr_mass(cfg.trainer, run.steps_per_epoch).items()},
         train_seconds=round(state["train_seconds"], 2),
         steps=state["step"],
         epochs=len(history),
