@@ -7,10 +7,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 from tiny_runs import tiny
 
-from diffsort_reorder.run.loop import train
+from diffsort_reorder.run.build import build_run
+from diffsort_reorder.run.loop import train, train_step
 from diffsort_reorder.run.runtime import use_amp
 from estimators import create_estimator, list_estimators
 from estimators.registry import ESTIMATORS
@@ -18,6 +20,7 @@ from estimators.saliency import RELAXATIONS
 
 SOFT_TOL = 2e-2  # max |P_bf16 - P_fp32|
 LOG_PROB_TOL = 1e-2  # nats, for the same permutation
+LOSS_TOL = 1e-6  # nats: the per-sample loss against float32 cross-entropy of the same logits
 CONFIGS = importlib.resources.files("diffsort_reorder.configs")
 B, N, F_IN, D = 4, 196, 8, 16  # N as a 14x14 grid: bf16 cannot tell ramp scores 1/195 apart
 
@@ -135,3 +138,18 @@ def test_amp_training_run_on_cpu(tmp_path, method):
     reference = train(tiny(tmp_path / "fp32", *CURRICULUM, f"method={method}"))
     # bf16 training is not bit-identical, but it learns the same task on the same data.
     assert abs(result.val_loss - reference.val_loss) < 0.5
+
+
+def test_the_loss_under_bf16_is_taken_on_float32_logits(tmp_path):
+    """The model runs in bf16, but its per-sample loss (and the REINFORCE reward it becomes) is
+    the cross-entropy of the logits upcast to float32: bf16's 8 bits of mantissa would round
+    every loss near 2 nats by up to 0.008."""
+    run = build_run(tiny(tmp_path, "method=row_major", "trainer.amp=true"))
+    images, labels = run.train_set.images[:16], run.train_set.labels[:16]
+    _, logits, per_sample = train_step(run, images, labels)
+    assert logits.dtype == torch.bfloat16  # autocast ran the model
+    assert per_sample.dtype == torch.float32
+    full = F.cross_entropy(logits.float(), labels, reduction="none")  # (B,)
+    assert (per_sample - full).abs().max() < LOSS_TOL
+    rounded = F.cross_entropy(logits, labels, reduction="none")  # bf16 throughout
+    assert (rounded.float() - full).abs().max() > 100 * LOSS_TOL  # what the upcast keeps
