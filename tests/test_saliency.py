@@ -8,7 +8,7 @@ from diffsort_reorder.config import compose_config
 from diffsort_reorder.data import create_dataset, patchify
 from diffsort_reorder.run.build import build_run, order_tokens
 from diffsort_reorder.run.loop import train, train_step
-from estimators import create_estimator
+from estimators import create_estimator, plackett_luce_log_prob, plackett_luce_sample
 from estimators.saliency import RELAXATIONS
 
 # The shared tiny run, on the moving task, with segments of 8 patches.
@@ -103,6 +103,26 @@ def test_plackett_luce_relaxation_samples_per_image():
     loss = est.surrogate_loss(out, torch.rand(16))
     loss.backward()
     assert est.position_bias.grad.abs().sum() > 0
+
+
+def test_plackett_luce_relaxation_takes_the_log_prob_at_the_sampling_tau():
+    """The REINFORCE term needs the log-probability of the distribution the permutation was drawn
+    from: Plackett-Luce over scores / tau, not over the scores at tau = 1."""
+    tau = 0.3
+    torch.manual_seed(0)
+    est = create_estimator("saliency", num_tokens=6, dim=3, relaxation="plackett_luce", tau=tau)
+    with torch.no_grad():
+        est.head[-1].weight.normal_()  # per-image scores, not the ramp alone
+    tokens = torch.randn(8, 6, 3)
+    torch.manual_seed(1)
+    out = est(tokens)
+    scores = est.scores(tokens).detach()  # (B, N)
+    torch.manual_seed(1)
+    assert torch.equal(out.index, plackett_luce_sample(scores, 1, tau)[0])  # drawn at tau
+    expected = plackett_luce_log_prob(scores / tau, out.index)  # (B,)
+    assert torch.allclose(out.log_prob, expected, rtol=1e-5, atol=1e-5)
+    at_one = plackett_luce_log_prob(scores, out.index)
+    assert (out.log_prob - at_one).abs().min() > 0.1  # the case tells the two apart
 
 
 def test_bad_options():
