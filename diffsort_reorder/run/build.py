@@ -47,9 +47,9 @@ class Run:
         return self.cfg.trainer.num_workers, self.device.type == "cuda"
 
     def loader(self, split: str) -> BatchLoader:
-        """The loader of ``split`` ("train", "val" or "test"), kept for the run so that its DataLoader
-        workers serve every epoch; :meth:`close` stops them. In training each rank reads its part
-        of every batch; in validation its contiguous part of the set."""
+        """The loader of ``split`` ("train", "val" or "test"), kept for the run so that its
+        DataLoader workers serve every epoch; :meth:`close` stops them. In training each rank
+        reads its part of every batch; in evaluation its contiguous part of the set."""
         if split not in self.loaders:
             t = self.cfg.trainer
             dataset, size, part = {
