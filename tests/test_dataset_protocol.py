@@ -70,8 +70,10 @@ def test_key_recall_counts_the_keys_in_the_backbones_window():
     assert key_recall(order, keys, window=100).item() == 1.0  # clamped to the whole sequence
 
 
-@pytest.mark.parametrize(("n", "segment", "mem_len", "window"),
-                         [(64, 16, 16, 32), (64, 16, 0, 16), (20, 8, 8, 12), (16, 32, 32, 16)])
+@pytest.mark.parametrize(
+    ("n", "segment", "mem_len", "window"),
+    [(64, 16, 16, 32), (64, 16, 0, 16), (20, 8, 8, 12), (16, 32, 32, 16)],
+)
 def test_txl_reads_its_last_segment_and_the_memory_it_attends(n, segment, mem_len, window):
     from diffsort_reorder.backbones import create_backbone
 

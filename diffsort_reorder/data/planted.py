@@ -46,7 +46,15 @@ class PlantedOptions:
     task_seed: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("num_train", "num_val", "num_test", "grid_size", "patch_size", "channels", "num_keys"):
+        for name in (
+            "num_train",
+            "num_val",
+            "num_test",
+            "grid_size",
+            "patch_size",
+            "channels",
+            "num_keys",
+        ):
             object.__setattr__(self, name, check_int(name, getattr(self, name), 1))
         object.__setattr__(self, "num_symbols", check_int("num_symbols", self.num_symbols, 2))
         if self.num_keys > self.num_tokens:

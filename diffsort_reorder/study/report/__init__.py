@@ -18,17 +18,17 @@ from omegaconf import DictConfig
 from ...config import to_yaml
 from ...files import write_text
 from ...orders.methods import is_per_image
+from ..seeds import task_seed_of
 from .figures import write_figures
 from .markdown import (
     METRIC_MEANINGS,
     backbone_table,
     closing_lines,
     headline,
-    placement_lines,
     markdown_table,
     method_lines,
+    placement_lines,
 )
-from ..seeds import task_seed_of
 from .rows import COLUMNS, SEED_COLUMNS, Row, best_trial, csv_text, groups, seeds_csv_text
 from .verdicts import summarize
 
@@ -89,8 +89,10 @@ def write_report(output_dir: Path, cfg: DictConfig, searches: dict, results: dic
     rows = summarize(searches, results, s.metric, sources)
     seeds = [s.seed + k for k in range(1, s.seeds + 1)]
     write_text(output_dir / "results.csv", csv_text(rows))
-    write_text(output_dir / "results_by_seed.csv",
-               seeds_csv_text(rows, lambda seed: task_seed_of(s.get("task_seeds"), seeds, seed)))
+    write_text(
+        output_dir / "results_by_seed.csv",
+        seeds_csv_text(rows, lambda seed: task_seed_of(s.get("task_seeds"), seeds, seed)),
+    )
     data = next((r.data for r in rows if r.n_seeds), "?")
     figures = write_figures(rows, output_dir, f"{cfg.study.name}: {data}")
     path = write_text(

@@ -11,8 +11,8 @@ import sys
 from omegaconf import DictConfig
 
 from ..seeds import task_seed_of
-from ..stats import INTERVAL, PairedDelta, beats
 from ..stats import EQUIVALENCE_MARGIN as MARGIN
+from ..stats import INTERVAL, PairedDelta, beats
 from .rows import Row
 from .verdicts import ALPHA
 
@@ -194,9 +194,7 @@ def method_lines(s: DictConfig, protocols: list[str], per_image: list[str]) -> l
         f"through REOrder's curriculum (fixed order, policy, frozen order) and learns its own "
         f"order. *retrain*: a fresh model is trained on the order that seed learned, so the "
         f"order's own value is separated from the run's adaptation to it; the interval covers "
-        f"the estimator's variation across seeds, not one order's."
-        + per_image_note
-        + "  ",
+        f"the estimator's variation across seeds, not one order's." + per_image_note + "  ",
         f"Tests: paired by seed; p from an exact sign-flip permutation test, Holm-adjusted within "
         f"each panel's family (the learned methods against the best fixed order, picked on "
         f"validation; every method against row_major). **Bold**: adjusted p < 0.05. 95% "

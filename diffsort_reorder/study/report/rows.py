@@ -37,7 +37,8 @@ COLUMNS = ("protocol", "method", "backbone", "data", "kind", "n_seeds", "reporte
            "trials_complete", "trials_pruned", "trials_failed", "seeds", "test_accs")  # fmt: skip
 # results_by_seed.csv: one line per seed run, for researchers' own statistics.
 SEED_COLUMNS = ("protocol", "backbone", "method", "seed", "task_seed", "test_acc", "val_acc",
-                "key_recall", "marginal_error", "train_seconds", "order", "order_source")  # fmt: skip
+                "key_recall", "marginal_error", "train_seconds", "order",
+                "order_source")  # fmt: skip
 
 
 @dataclass

@@ -31,8 +31,9 @@ def summarize(searches: dict, results: dict, metric: str, sources: dict | None =
     ``searches`` holds each (backbone, method)'s Optuna study, ``sources`` each row's order
     sources (the run whose order each seed trained on)."""
     rows = [
-        make_row(where, runs, searches.get((where[1], where[2])), metric,
-                 (sources or {}).get(where))  # fmt: skip
+        make_row(
+            where, runs, searches.get((where[1], where[2])), metric, (sources or {}).get(where)
+        )  # fmt: skip
         for where, runs in results.items()
     ]
     for panel in groups(rows).values():
