@@ -11,8 +11,9 @@ holds the tables of that study folder's ``results.csv`` (the folder relative to 
 file), and the run count and training time of its ``results_by_seed.csv``.
 ``python -m diffsort_reorder.study.docs [FILE ...]`` rewrites every block in place (default:
 ``README.md`` and ``studies/README.md``); ``--check`` changes nothing and exits 1 naming each
-file whose blocks disagree with their CSVs (a test runs it on the committed docs). A folder written before the test split (no ``test_acc_mean`` column) gets its numbers
-labelled as the previous design's, from which no verdict is drawn.
+file whose blocks disagree with their CSVs (a test runs it on the committed docs). A folder
+written before the test split (no ``test_acc_mean`` column) gets its numbers labelled as the
+previous design's, from which no verdict is drawn.
 """
 
 from __future__ import annotations
