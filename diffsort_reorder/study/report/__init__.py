@@ -25,6 +25,7 @@ from .markdown import (
     backbone_table,
     closing_lines,
     headline,
+    lr_mass_line,
     markdown_table,
     method_lines,
     placement_lines,
@@ -63,6 +64,7 @@ def report_lines(cfg: DictConfig, rows: list[Row], searches: dict,
         f"{METRIC_MEANINGS[metric]} (the `val_acc_*` columns of results.csv). Training time: "
         f"{training_minutes(rows, searches):.1f} min, summed over the "
         f"seed runs and the search trials that finished (whichever worker ran them).  ",
+        *lr_mass_line(rows),
         f"Code version: {', '.join(sorted(code)) or 'unknown'}",
         "",
     ]

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from ..seeds import task_seed_of
 from ..stats import EQUIVALENCE_MARGIN as MARGIN
 from ..stats import INTERVAL, PairedDelta, beats
-from .rows import Row
+from .rows import CONVERGED, Row
 from .verdicts import ALPHA
 
 METRIC_MEANINGS = {
@@ -139,7 +139,20 @@ def headline(group: list[Row]) -> str:
         closest = max(gaps, key=lambda r: r.gap_to_oracle)
         parts.append(f"Closest to the oracle: `{closest.method}`, "
                      f"{100 * closest.gap_to_oracle:+.1f} points.")  # fmt: skip
+    loose = [f"`{r.method}` ({r.marginal_error:.2f})" for r in learned if r.converged is False]
+    if loose:
+        parts.append(f"Not converged (Sinkhorn marginal error above {CONVERGED} at the final "
+                     f"tau): {', '.join(loose)}.")  # fmt: skip
     return " ".join(parts)
+
+
+def lr_mass_line(rows: list[Row]) -> list[str]:
+    """The learning-rate mass per curriculum phase, as the first finished run recorded it."""
+    mass = next((run.lr_mass for r in rows for run in r.runs if run.lr_mass), None)
+    if not mass:
+        return []
+    shares = ", ".join(f"{phase} {100 * share:.0f}%" for phase, share in mass.items())
+    return [f"Learning-rate mass per curriculum phase (the model's): {shares}.  "]
 
 
 def placement_lines(group: list[Row], s: DictConfig) -> list[str]:
