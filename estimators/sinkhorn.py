@@ -86,6 +86,22 @@ def marginal_error(P: torch.Tensor) -> torch.Tensor:
     return torch.maximum(rows, cols)
 
 
+def mean_marginal_error(P: torch.Tensor) -> torch.Tensor:
+    """How far ``P (..., N, N)`` is from doubly stochastic, per matrix: ``(...)``, defined as
+
+    ``err(P) = (1/N) sum_i |sum_j P[i, j] - 1| + (1/N) sum_j |sum_i P[i, j] - 1|``,
+
+    the L1 violation of both marginals of the transport plan ``P / N`` (uniform target marginals
+    ``1/N``; POT's stopping error measures one marginal's violation the same way, in a norm of its
+    choice). 0 exactly when every row and column sums to 1. A Sinkhorn round ends by normalizing
+    one side, so for :func:`sinkhorn`'s output the first term is 0 and ``err`` is the mean
+    absolute deviation of the column sums from 1."""
+    check_square("P", P)
+    rows = (P.sum(-1) - 1).abs().mean(-1)  # (...)
+    cols = (P.sum(-2) - 1).abs().mean(-1)  # (...)
+    return rows + cols
+
+
 def _log_round(x: torch.Tensor) -> torch.Tensor:
     """One Sinkhorn round in the log domain: rows, then columns."""
     x = x - x.logsumexp(-1, keepdim=True)
