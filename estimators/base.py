@@ -28,7 +28,7 @@ from ._checks import (
     check_real,
 )
 from .permutation import PermutationOutput, _permute_tokens
-from .sinkhorn import fallback_count, marginal_error
+from .sinkhorn import fallback_count, marginal_error, mean_marginal_error
 
 T = TypeVar("T")
 SAMPLES = ("batch", "image")
@@ -125,6 +125,14 @@ def _soft_aux(P: torch.Tensor) -> dict[str, torch.Tensor]:
         "marginal_error": marginal_error(P).max(),
         "row_entropy": -(P * P.clamp_min(1e-30).log()).sum(-1).mean(),
     }
+
+
+def _sinkhorn_aux(P: torch.Tensor, fallbacks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Diagnostics of a soft permutation made by Sinkhorn iterations: its batch-mean
+    :func:`~estimators.sinkhorn.mean_marginal_error` and how many calls fell back to the log
+    domain."""
+    return {"mean_marginal_error": mean_marginal_error(P.detach()).mean(),
+            "log_domain_fallbacks": fallbacks}  # fmt: skip
 
 
 def _with_fallbacks(relax, scores: torch.Tensor):
@@ -254,6 +262,13 @@ class PermutationEstimator(nn.Module):
     def order(self) -> torch.Tensor:
         """The hard permutation ``(N,)`` that eval applies."""
         raise NotImplementedError
+
+    def marginal_error(self) -> float | None:
+        """How far the soft permutation that training uses is from doubly stochastic at the
+        current ``tau`` (:func:`~estimators.sinkhorn.mean_marginal_error`, without noise), for
+        the estimators that make it by Sinkhorn iterations, which may stop far from convergence;
+        None for every other orderer (nothing of theirs iterates towards unit marginals)."""
+        return None
 
     def check_tokens(self, tokens: torch.Tensor) -> None:
         """Raise unless ``tokens`` is a floating-point ``(B, num_tokens, D)`` tensor."""

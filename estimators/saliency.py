@@ -43,6 +43,7 @@ from .relaxations import (
     softsort,
     sort_permutation,
 )
+from .sinkhorn import mean_marginal_error
 
 RELAXATIONS = {
     "softsort": softsort,
@@ -111,6 +112,17 @@ class SaliencyEstimator(_Reinforce, PermutationEstimator):
         comes from ``forward``."""
         return sort_permutation(self.position_bias.detach())
 
+    def marginal_error(self) -> float | None:
+        """With ``relaxation="ot_sort"`` (Sinkhorn inside): the mean marginal error of the soft
+        ``ot_sort`` of the position bias alone (the scores before any image is seen, as
+        :meth:`order`) at the current ``tau``; training's per-image error is in ``aux``. None
+        for the other relaxations."""
+        if self.relaxation != "ot_sort":
+            return None
+        with torch.no_grad():
+            P = ot_sort(self.position_bias.detach().float(), tau=self.tau)  # (N, N)
+        return float(mean_marginal_error(P))
+
     def forward(
         self, tokens: torch.Tensor, features: torch.Tensor | None = None
     ) -> PermutationOutput:
@@ -134,6 +146,8 @@ class SaliencyEstimator(_Reinforce, PermutationEstimator):
                 out = _permute_tokens(tokens, index) - out.detach() + out
             return PermutationOutput(out, index, aux=aux)
         P = RELAXATIONS[self.relaxation](s, tau=self.tau, hard=self.hard)  # (B, N, N)
+        if self.relaxation == "ot_sort":
+            aux["mean_marginal_error"] = mean_marginal_error(P.detach()).mean()
         return PermutationOutput(apply_permutation(tokens, soft=P), index, soft=P, aux=aux)
 
     def surrogate_loss(self, out: PermutationOutput, per_sample_loss: torch.Tensor):

@@ -12,6 +12,7 @@ from .base import (
     PermutationEstimator,
     _check_samples,
     _Reinforce,
+    _sinkhorn_aux,
     _soft_aux,
     _with_fallbacks,
     draw_share,
@@ -21,7 +22,7 @@ from .permutation import PermutationOutput, apply_permutation, hard_permutation
 from .plackett_luce import _log_prob, _sequential_entropy, plackett_luce_sample
 from .registry import register_estimator
 from .relaxations import sort_permutation
-from .sinkhorn import BACKWARDS, gumbel_sinkhorn, sample_gumbel
+from .sinkhorn import BACKWARDS, gumbel_sinkhorn, mean_marginal_error, sample_gumbel
 
 
 @register_estimator("gumbel_sinkhorn")
@@ -50,6 +51,14 @@ class GumbelSinkhornEstimator(PermutationEstimator):
     def order(self) -> torch.Tensor:
         return hard_permutation(self.log_alpha.detach())
 
+    def marginal_error(self) -> float:
+        """The mean marginal error of ``gumbel_sinkhorn(log_alpha)`` at the current ``tau`` and
+        ``n_iters``, without Gumbel noise (deterministic; ``aux`` reports the noisy one)."""
+        with torch.no_grad():
+            log_alpha = self.log_alpha.detach().float()  # (N, N)
+            P = gumbel_sinkhorn(log_alpha, self.tau, self.n_iters, noise=0.0)
+        return float(mean_marginal_error(P))
+
     def train_forward(self, tokens: torch.Tensor) -> PermutationOutput:
         b = tokens.shape[0]
         draws = b if self.samples == "image" else 1
@@ -65,7 +74,7 @@ class GumbelSinkhornEstimator(PermutationEstimator):
             log_alpha,
         )  # (S, N, N)
         index = hard_permutation(P).expand(b, -1)  # (B, N)
-        aux = {**_soft_aux(P), "log_domain_fallbacks": fallbacks}
+        aux = {**_soft_aux(P), **_sinkhorn_aux(P, fallbacks)}
         if self.hard:
             hard = nn.functional.one_hot(index[:draws], self.num_tokens).to(P.dtype)
             P = hard - P.detach() + P

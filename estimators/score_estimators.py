@@ -10,6 +10,7 @@ from ._checks import check_choice, check_count
 from .base import (
     MATERIALIZE_LIMIT,
     PermutationEstimator,
+    _sinkhorn_aux,
     _soft_aux,
     _with_fallbacks,
     ramp_scores,
@@ -27,7 +28,7 @@ from .relaxations import (
     softsort,
     sort_permutation,
 )
-from .sinkhorn import BACKWARDS
+from .sinkhorn import BACKWARDS, mean_marginal_error
 
 
 class _ScoreSortEstimator(PermutationEstimator):
@@ -68,7 +69,7 @@ class _ScoreSortEstimator(PermutationEstimator):
         P = P.unsqueeze(0)  # (1, N, N) in float32, shared by the batch
         aux = _soft_aux(P)
         if self.doubly_stochastic:  # Sinkhorn inside
-            aux["log_domain_fallbacks"] = fallbacks
+            aux.update(_sinkhorn_aux(P, fallbacks))
         out = apply_permutation(tokens, soft=P)
         return PermutationOutput(out, index, soft=P.expand(b, -1, -1), aux=aux)
 
@@ -152,3 +153,10 @@ class OTSortEstimator(_ScoreSortEstimator):
 
     def relax(self, scores):
         return ot_sort(scores, self.tau, self.n_iters, backward=self.backward_mode, hard=self.hard)
+
+    def marginal_error(self) -> float:
+        """The mean marginal error of the soft ``ot_sort(scores)`` (never straight-through) at
+        the current ``tau`` and ``n_iters``."""
+        with torch.no_grad():
+            P = ot_sort(self.scores.detach().float(), self.tau, self.n_iters)  # (N, N)
+        return float(mean_marginal_error(P))
