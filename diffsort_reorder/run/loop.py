@@ -219,6 +219,7 @@ def run_result(run: Run, state: dict, version: str, test: dict | None = None) ->
         test_acc=(test or {}).get("test_acc"),
         test_loss=(test or {}).get("test_loss"),
         lr_mass={k: round(v, 4) for k, v in lr_mass(cfg.trainer, run.steps_per_epoch).items()},
+        marginal_error=run.orderer.marginal_error(),
         train_seconds=round(state["train_seconds"], 2),
         steps=state["step"],
         epochs=len(history),
