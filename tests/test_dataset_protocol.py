@@ -99,3 +99,19 @@ def test_planted_and_digits_have_a_test_split_nothing_else_reads():
     assert len(a.train) + len(a.val) + len(a.test) == 1797
     rows = {tuple(x.flatten().tolist()) for x in a.test.images}
     assert not rows & {tuple(x.flatten().tolist()) for x in a.val.images[:50]}
+
+
+def test_majority_label_rewards_every_key_in_view():
+    from diffsort_reorder.data import create_splits
+    from diffsort_reorder.data.planted import planted_labels
+
+    symbols = torch.tensor([[1, 1, 0, 0, 1], [0, 1, 0, 0, 0]])
+    keys = torch.tensor([0, 1, 2])
+    assert planted_labels(symbols, keys, 4).tolist() == [2, 1]  # the sum
+    assert planted_labels(symbols, keys, 2, "majority").tolist() == [1, 0]  # 2 of 3, 1 of 3
+    train, _, _ = create_splits("planted", **SMALL["planted"], num_keys=3, label="majority")
+    assert train.num_classes == 2 and set(train.labels.tolist()) <= {0, 1}
+    with pytest.raises(ValueError, match="'label' should be one of sum, majority but got 'mode'"):
+        create_splits("planted", **SMALL["planted"], label="mode")
+    with pytest.raises(ValueError, match="'num_classes' should be 2"):
+        create_splits("planted", **SMALL["planted"], label="majority", num_classes=3)

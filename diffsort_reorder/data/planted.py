@@ -3,9 +3,11 @@
 Every patch shows one of ``num_symbols`` fixed patterns (a codebook drawn from the dataset seed)
 plus pixel noise. A few key grid locations, also fixed by the dataset seed, decide the label:
 ``label = sum of the key patches' symbols mod num_classes`` (with binary symbols and the default
-``num_classes = num_keys + 1`` it is the number of keys showing symbol 1). Every other patch is a
-distractor drawn from the same distribution as a key patch, so nothing in a patch's content tells
-whether it matters; only its grid location does.
+``num_classes = num_keys + 1`` it is the number of keys showing symbol 1), or with
+``label="majority"`` whether more than half the keys show a symbol above 0 (two classes): every
+key in view adds evidence, so an order that brings some keys into view already earns accuracy.
+Every other patch is a distractor drawn from the same distribution as a key patch, so nothing in
+a patch's content tells whether it matters; only its grid location does.
 
 A backbone that must carry information across the sequence (a recurrent memory, a scan, a local
 window) does best when the keys come last, next to where it reads out: ``oracle_order()`` is the
@@ -22,6 +24,7 @@ from ..checks import check_int, check_number
 from .base import ImageDataset
 from .patches import patchify, unpatchify
 
+LABELS = ("sum", "majority")
 # Seed offsets of the splits: the same dataset seed gives the same keys and codebook for all three.
 # The test split is a stream of its own, which no search, pruner or trial selection reads.
 _SPLIT_STREAMS = {"train": 1, "val": 2, "test": 3}
@@ -41,6 +44,7 @@ class PlantedOptions:
     num_keys: int = 8
     num_symbols: int = 2
     num_classes: int | None = None
+    label: str = "sum"
     noise: float = 0.1
     seed: int = 0
     task_seed: int | None = None
@@ -62,7 +66,14 @@ class PlantedOptions:
                 f"'num_keys' should be at most the number of patches {self.num_tokens} but got "
                 f"{self.num_keys}"
             )
+        if self.label not in LABELS:
+            raise ValueError(f"'label' should be one of {', '.join(LABELS)} but got {self.label!r}")
         num_classes = self.num_classes
+        if self.label == "majority":
+            if num_classes not in (None, 2):
+                raise ValueError(f"'num_classes' should be 2 (or null) with label 'majority' but "
+                                 f"got {num_classes}")  # fmt: skip
+            num_classes = 2
         if num_classes is None:
             num_classes = self.num_keys * (self.num_symbols - 1) + 1
         object.__setattr__(self, "num_classes", check_int("num_classes", num_classes, 2))
@@ -161,11 +172,17 @@ def key_recall(
     return (keys.unsqueeze(-1) == last.unsqueeze(-2)).any(-1).float().mean(-1)  # keys in view
 
 
-def planted_labels(symbols: torch.Tensor, key_positions: torch.Tensor, num_classes: int):
-    """The label rule: the key patches' symbols summed, mod ``num_classes``. ``symbols (M, N)``,
+def planted_labels(
+    symbols: torch.Tensor, key_positions: torch.Tensor, num_classes: int, label: str = "sum"
+):
+    """The label rule: the key patches' symbols summed, mod ``num_classes`` (``sum``), or whether
+    more than half of them are above 0 (``majority``). ``symbols (M, N)``,
     ``key_positions (K,)`` or ``(M, K)`` (keys per image) -> ``(M,)``."""
     keys = key_positions.expand(symbols.shape[0], key_positions.shape[-1])  # (M, K)
-    return symbols.gather(1, keys).sum(1) % num_classes
+    shown = symbols.gather(1, keys)  # (M, K)
+    if label == "majority":
+        return (2 * (shown > 0).sum(1) > keys.shape[1]).long()
+    return shown.sum(1) % num_classes
 
 
 def render_planted(
@@ -219,7 +236,7 @@ def make_planted(dataset_class: type[PlantedDataset], **options):
         keys = dataset_class.draw_keys(opts, num, task_keys, gen)  # (K,) or (M, K)
         content = render_planted(symbols, codebook, opts.grid_size, opts.noise, gen)
         images = dataset_class.add_channels(opts, content, keys, gen)  # (M, C', H, W)
-        labels = planted_labels(symbols, keys, opts.num_classes)
+        labels = planted_labels(symbols, keys, opts.num_classes, opts.label)
         return dataset_class(
             images, labels, opts.num_classes, symbols=symbols, key_positions=keys,
             codebook=codebook, patch_size=opts.patch_size, noise=opts.noise,
