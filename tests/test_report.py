@@ -1,5 +1,7 @@
-"""The study report on hand-made run results (no training): each row's mean and sample std of
-the study's metric over its seeds, its paired differences, and the files it writes."""
+"""The study report on hand-made run results (no training) that have no test split: each row
+falls back to the study's validation metric (``reported``), with its mean and sample std over its
+seeds, its paired differences, and the files it writes. Runs with a test split:
+tests/test_verdicts.py."""
 
 import csv
 import json
@@ -78,23 +80,30 @@ def test_rows_summarize_the_study_metric_over_seeds(tmp_path, metric):
     best_fixed = "row_major" if metric == "val_acc" else "hilbert"
     for method, row in rows.items():
         values = list(by_seed(method, metric).values())
-        assert row.n_seeds == len(values)
-        assert row.val_acc_mean == pytest.approx(statistics.fmean(values), abs=TOL)
-        assert row.val_acc_std == pytest.approx(statistics.stdev(values), abs=TOL)  # ddof=1
+        assert row.n_seeds == len(values) and row.reported == metric  # no test split: fallback
+        for mean, std in ((row.test_acc_mean, row.test_acc_std),
+                          (row.val_acc_mean, row.val_acc_std)):  # fmt: skip
+            assert mean == pytest.approx(statistics.fmean(values), abs=TOL)
+            assert std == pytest.approx(statistics.stdev(values), abs=TOL)  # ddof=1
         assert row.seeds == " ".join(map(str, RUNS[method]))
-        assert row.val_accs == " ".join(f"{v:.4f}" for v in values)
+        assert row.test_accs == " ".join(f"{v:.4f}" for v in values)
         assert row.best_fixed == best_fixed
-        for prefix, ref in (("delta", "row_major"), ("best_fixed", best_fixed)):
+        # Families: learned rows against the best fixed order, all but row_major against it.
+        learned = method == "softsort"  # diagonal is a scan order
+        assert math.isnan(row.delta_vs_best_fixed) != learned
+        assert math.isnan(row.delta_vs_row_major) == (method == "row_major")
+        compared = [(row.vs_row_major, "row_major")] if method != "row_major" else []
+        for got, ref in compared + ([(row.vs_best_fixed, best_fixed)] if learned else []):
             expected = paired_delta(by_seed(method, metric), by_seed(ref, metric))
-            got = row.delta if prefix == "delta" else row.vs_best_fixed
             assert got.pairs == min(len(values), 3) and got.ci == expected.ci
-            for key in ("delta", "low", "high"):
+            for key in ("delta", "low", "high", "p_value"):
                 assert getattr(got, key) == pytest.approx(
                     getattr(expected, key), abs=TOL, nan_ok=True
                 ), key
-        assert row.delta_vs_row_major == row.delta.delta
-        assert row.delta_vs_best_fixed == row.vs_best_fixed.delta
-        assert row.significant == row.delta.significant
+        assert row.delta_vs_row_major == pytest.approx(row.vs_row_major.delta, nan_ok=True)
+        assert row.delta_vs_best_fixed == pytest.approx(row.vs_best_fixed.delta, nan_ok=True)
+        assert row.significant == row.vs_best_fixed.significant
+        assert row.significant_vs_row_major == row.vs_row_major.significant
     assert rows["diagonal"].failures == [("seed 3", FAILURE)]
     assert rows["softsort"].key_recall == pytest.approx(0.5)  # seeds 1, 2, 3: 0.25 * seed
     assert rows["softsort"].train_seconds == pytest.approx(4.0)
@@ -105,15 +114,15 @@ def test_best_val_acc_numbers_by_hand(tmp_path):
     under test or on the standard library's choice of ddof."""
     rows = {r.method: r for r in summarize({}, results(tmp_path), "best_val_acc")}
     soft = rows["softsort"]
-    assert soft.val_acc_mean == pytest.approx(0.74, abs=TOL)
-    assert soft.val_acc_std == pytest.approx(0.04, abs=TOL)  # sqrt((.04^2 + 0 + .04^2) / 2)
-    assert rows["hilbert"].val_acc_std == pytest.approx(math.sqrt(0.0175), abs=TOL)
-    assert rows["row_major"].val_acc_std == pytest.approx(0.1, abs=TOL)
+    assert soft.test_acc_mean == pytest.approx(0.74, abs=TOL)
+    assert soft.test_acc_std == pytest.approx(0.04, abs=TOL)  # sqrt((.04^2 + 0 + .04^2) / 2)
+    assert rows["hilbert"].test_acc_std == pytest.approx(math.sqrt(0.0175), abs=TOL)
+    assert rows["row_major"].test_acc_std == pytest.approx(0.1, abs=TOL)
     assert soft.delta_vs_row_major == pytest.approx(0.14, abs=TOL)  # (.2 + .14 + .08) / 3
     assert soft.delta_vs_best_fixed == pytest.approx(0.09, abs=TOL)  # (.15 + .14 - .02) / 3
     assert rows["diagonal"].n_seeds == 2
     assert rows["diagonal"].delta_vs_row_major == pytest.approx(-0.225, abs=TOL)
-    assert rows["row_major"].delta_vs_row_major == 0.0
+    assert math.isnan(rows["row_major"].delta_vs_row_major)  # not compared with itself
 
 
 def test_write_report_writes_csv_markdown_and_figures(tmp_path):
@@ -131,15 +140,19 @@ def test_write_report_writes_csv_markdown_and_figures(tmp_path):
     assert list(rows) == list(RUNS)
     soft = rows["softsort"]
     assert (soft["protocol"], soft["backbone"], soft["data"]) == ("curriculum", "txl", "planted")
-    assert (soft["val_acc_mean"], soft["val_acc_std"], soft["n_seeds"]) == ("0.7400", "0.0400", "3")
+    assert (soft["test_acc_mean"], soft["test_acc_std"]) == ("0.7400", "0.0400")
+    assert soft["n_seeds"] == "3"
+    assert (soft["val_acc_mean"], soft["reported"]) == ("0.7400", "best_val_acc")
     assert (soft["delta_vs_row_major"], soft["best_fixed"]) == ("0.1400", "hilbert")
     assert soft["delta_vs_best_fixed"] == "0.0900" and soft["kind"] == "learned"
     expected = paired_delta(
         by_seed("softsort", "best_val_acc"), by_seed("row_major", "best_val_acc")
     )
-    assert float(soft["delta_ci_low"]) == pytest.approx(expected.low, abs=1e-4)
-    assert float(soft["delta_ci_high"]) == pytest.approx(expected.high, abs=1e-4)
-    assert soft["significant"] == str(expected.significant)
+    assert float(soft["row_major_ci_low"]) == pytest.approx(expected.low, abs=1e-4)
+    assert float(soft["row_major_ci_high"]) == pytest.approx(expected.high, abs=1e-4)
+    assert float(soft["p_value_vs_row_major"]) == pytest.approx(expected.p_value, abs=1e-4)
+    assert soft["significant_vs_row_major"] == "False"  # p >= 0.25 at 3 seeds
+    assert soft["significant"] == "False"
     assert json.loads(soft["best_params"]) == {"estimator.lr": pytest.approx(0.2)}
     assert (soft["trials_complete"], soft["trials_pruned"], soft["trials_failed"]) == (
         "2",
@@ -149,11 +162,11 @@ def test_write_report_writes_csv_markdown_and_figures(tmp_path):
     assert rows["diagonal"]["n_seeds"] == "2" and rows["row_major"]["trials_complete"] == "0"
     report = path.read_text()
     assert (
-        "best_val_acc mean ± std" in report and "| softsort | learned | 0.740 ± 0.040 |" in report
+        "test acc mean ± std" in report and "| softsort | learned | 0.740 ± 0.040 |" in report
     )
     assert "| hilbert | scan | 0.650 ± 0.132 |" in report
     assert f"- `diagonal` (txl, curriculum) seed 3: {FAILURE}" in report
-    assert "Code version: abc1234" in report and "re-run on seeds 1..3" in report
+    assert "Code version: abc1234" in report and "replicated on seeds 1..3" in report
     assert "Training time: 0.7 min" in report  # 42 s of seed runs (the trials recorded none)
     for name in ("comparison.png", "orders.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
