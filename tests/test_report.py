@@ -161,9 +161,7 @@ def test_write_report_writes_csv_markdown_and_figures(tmp_path):
     )
     assert rows["diagonal"]["n_seeds"] == "2" and rows["row_major"]["trials_complete"] == "0"
     report = path.read_text()
-    assert (
-        "test acc mean ± std" in report and "| softsort | learned | 0.740 ± 0.040 |" in report
-    )
+    assert "test acc mean ± std" in report and "| softsort | learned | 0.740 ± 0.040 |" in report
     assert "| hilbert | scan | 0.650 ± 0.132 |" in report
     assert f"- `diagonal` (txl, curriculum) seed 3: {FAILURE}" in report
     assert "Code version: abc1234" in report and "replicated on seeds 1..3" in report
