@@ -21,6 +21,7 @@ from diffsort_reorder.run.rundir import RunDir
 from diffsort_reorder.study import search as search_module
 from diffsort_reorder.study import space as space_module
 from diffsort_reorder.study import study as study_module
+from diffsort_reorder.study.report import SEED_COLUMNS
 from diffsort_reorder.study.study import Study, StudyStopped
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,9 +61,15 @@ def rows_by_key(path) -> dict[tuple[str, str, str], dict]:
         return {(r["protocol"], r["backbone"], r["method"]): r for r in csv.DictReader(f)}
 
 
+def read_seed_lines(path) -> list[dict]:
+    with open(path / "results_by_seed.csv") as f:
+        return list(csv.DictReader(f))
+
+
 def test_smoke_study_end_to_end(tmp_path):
     """The acceptance command through the Hydra app: trials in the DB, hparams in TensorBoard, a
-    row per (method, backbone) with paired deltas inside their intervals, the report's path last."""
+    row per (method, backbone) with paired deltas inside their intervals and significance read
+    from the Holm-adjusted p, the report's path last."""
     out = tmp_path / "smoke"
     proc = subprocess.run(
         [sys.executable, "-m", "diffsort_reorder.study", "study=smoke", "study.protocol=retrain",
@@ -73,30 +80,43 @@ def test_smoke_study_end_to_end(tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == str(out / "report.md")
     cfg = study_config(out)
     rows = rows_by_key(out)
-    methods = list(cfg.study.methods)
+    methods = [*cfg.study.methods, "oracle"]  # study.oracle adds the reference row
+    assert cfg.study.oracle
     assert list(rows) == [("retrain", b, m) for b in ("txl", "vit") for m in methods]
     with open(out / "results.csv") as f:
         header = next(csv.reader(f))
-    assert {"protocol", "delta_vs_row_major", "delta_ci_low", "delta_ci_high", "significant",
-            "best_fixed", "delta_vs_best_fixed", "best_fixed_ci_low", "best_fixed_ci_high",
-            "significant_vs_best_fixed", "key_recall"} <= set(header)  # fmt: skip
-    for (_, backbone, _method), row in rows.items():
+    assert {"protocol", "reported", "test_acc_mean", "test_acc_std", "val_acc_mean",
+            "delta_vs_row_major", "row_major_ci_low", "row_major_ci_high", "p_holm_vs_row_major",
+            "significant_vs_row_major", "best_fixed", "delta_vs_best_fixed", "ci_low", "ci_high",
+            "p_value", "p_holm", "significant", "success_rate", "gap_to_oracle",
+            "key_recall"} <= set(header)  # fmt: skip
+    for (_, backbone, method), row in rows.items():
         assert int(row["n_seeds"]) == cfg.study.seeds and row["seeds"] == "1 2"  # paired seeds
+        assert row["reported"] == "test_acc" and 0.0 <= float(row["test_acc_mean"]) <= 1.0
         assert 0.0 <= float(row["val_acc_mean"]) <= 1.0
         assert row["backbone"] == backbone and row["data"] == "planted"
         assert 0.0 <= float(row["key_recall"]) <= 1.0
-        for prefix, low, high in (("delta_vs_row_major", "delta_ci_low", "delta_ci_high"),
-                                  ("delta_vs_best_fixed", "best_fixed_ci_low",
-                                   "best_fixed_ci_high")):  # fmt: skip
+        assert row["best_fixed"] in ("row_major", "hilbert", "compression_prior")
+        for prefix, low, high, p, significant in (
+            ("delta_vs_row_major", "row_major_ci_low", "row_major_ci_high",
+             "p_holm_vs_row_major", "significant_vs_row_major"),
+            ("delta_vs_best_fixed", "ci_low", "ci_high", "p_holm", "significant"),
+        ):  # fmt: skip
+            if row[prefix] == "nan":  # row_major against itself, the fixed against the best
+                assert row[significant] == "False"
+                continue
             assert float(row[low]) <= float(row[prefix]) <= float(row[high])
-        assert row["significant"] == str(float(row["delta_ci_low"]) > 0
-                                         or float(row["delta_ci_high"]) < 0)  # fmt: skip
+            assert row[significant] == str(float(row[p]) < 0.05) == "False"  # 2 seeds: p >= 0.5
+        assert (row["delta_vs_best_fixed"] == "nan") == (
+            method not in ("softsort", "plackett_luce")
+        )
     # vit reads all patches with attention and patch position embeddings: order-invariant.
-    # (the same up to float summation order: at most one validation image apart per seed)
-    base = [float(v) for v in rows["retrain", "vit", "row_major"]["val_accs"].split()]
+    # (the same up to float summation order: at most one test image apart per seed)
+    num_test = compose_config(list(cfg.study.overrides)).data.options.num_test
+    base = [float(v) for v in rows["retrain", "vit", "row_major"]["test_accs"].split()]
     for method in methods:
-        accs = [float(v) for v in rows["retrain", "vit", method]["val_accs"].split()]
-        assert all(abs(a - b) <= 1 / 64 + 1e-9 for a, b in zip(accs, base, strict=True))
+        accs = [float(v) for v in rows["retrain", "vit", method]["test_accs"].split()]
+        assert all(abs(a - b) <= 1 / num_test + 1e-9 for a, b in zip(accs, base, strict=True))
     for method in ("softsort", "plackett_luce"):
         found = trials(out, f"smoke/txl/{method}")
         assert len(found) == cfg.study.n_trials
@@ -120,29 +140,51 @@ def test_smoke_study_end_to_end(tmp_path):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_retrain_freezes_the_best_trials_order_for_a_fresh_model(tmp_path):
-    """Both protocols on one search: curriculum seeds run the best config's whole curriculum;
-    retrain seeds train a fresh model on the order the best search trial learned. Fixed orders
-    run once for both."""
-    cfg = study_config(tmp_path, "study.methods=[row_major,softsort]",
-                       "study.protocol=[curriculum,retrain]")  # fmt: skip
+def test_retrain_trains_each_seed_on_the_order_that_seed_learned(tmp_path):
+    """Both protocols, the whole pipeline per seed: each curriculum seed learns its own order,
+    and that seed's retrain run trains a fresh model on it (not on the search's best order).
+    Fixed orders run once for both. results_by_seed.csv has one line per seed run."""
+    cfg = study_config(tmp_path, "study.methods=[row_major,softsort]", "study.oracle=false",
+                       "study.protocol=[curriculum,retrain]", "study.n_trials=2",
+                       NO_PRUNING)  # fmt: skip
     report = Study(cfg).run()
     rows = rows_by_key(tmp_path)
     assert set(rows) == {(p, "txl", m) for p in ("curriculum", "retrain")
                          for m in ("row_major", "softsort")}  # fmt: skip
     assert (
-        rows["curriculum", "txl", "row_major"]["val_accs"]
-        == rows["retrain", "txl", "row_major"]["val_accs"]
+        rows["curriculum", "txl", "row_major"]["test_accs"]
+        == rows["retrain", "txl", "row_major"]["test_accs"]
     )
-    best = max(trials(tmp_path, "smoke/txl/softsort"), key=lambda t: t.value or -1)
-    learned = best.user_attrs["order"]
-    assert sorted(learned) == list(range(16))
+    with open(tmp_path / "results_by_seed.csv") as f:
+        assert tuple(next(csv.reader(f))) == SEED_COLUMNS
+    lines = read_seed_lines(tmp_path)
+    keys = [(r["protocol"], r["backbone"], r["method"], r["seed"]) for r in lines]
+    assert sorted(keys) == sorted(
+        (p, "txl", m, s)
+        for p in ("curriculum", "retrain")
+        for m in ("row_major", "softsort")
+        for s in ("1", "2")
+    )
+    line = {(r["protocol"], r["method"], int(r["seed"])): r for r in lines}
+    orders = {}
     for seed in (1, 2):
+        learned = line["curriculum", "softsort", seed]["order"]
+        retrain = line["retrain", "softsort", seed]
+        assert sorted(map(int, learned.split())) == list(range(16))
+        assert retrain["order"] == learned  # its own seed's order
+        assert retrain["order_source"] == f"txl/softsort/seed-{seed}"
+        assert line["curriculum", "softsort", seed]["order_source"] == f"txl/softsort/seed-{seed}"
+        assert line["retrain", "softsort", seed]["task_seed"] == str(seed - 1)  # [0, 1] in turn
         run_dir = tmp_path / "train" / "txl" / "softsort" / f"retrain-seed-{seed}"
-        config = (run_dir / "config.yaml").read_text()
-        assert f"order:\n- {learned[0]}\n" in config
+        order = [int(v) for v in learned.split()]
+        assert f"order:\n- {order[0]}\n" in (run_dir / "config.yaml").read_text()
         result = json.loads((run_dir / "result.json").read_text())
-        assert result["order"] == learned and result["finished"]
+        assert result["order"] == order and result["finished"] and result["seed"] == seed
+        orders[seed] = order
+    # Each seed keeps its own order, whether or not the two seeds learned the same one.
+    assert [line["retrain", "softsort", s]["order"] for s in (1, 2)] == [
+        " ".join(map(str, orders[s])) for s in (1, 2)
+    ]
     assert "keep the curriculum under retrain" not in report.read_text()  # no per-image method
 
 
@@ -157,7 +199,7 @@ def test_interrupted_study_continues_where_it_stopped(tmp_path):
     assert len(second) == 3  # one more trial, not three more
     assert [t.params for t in second[:2]] == [t.params for t in first]
     assert [t.value for t in second[:2]] == [t.value for t in first]
-    assert set(read_results(tmp_path)) == {"row_major", "softsort"}
+    assert set(read_results(tmp_path)) == {"row_major", "softsort", "oracle"}
 
 
 def test_trial_interrupted_mid_run_is_retried_from_its_checkpoint(tmp_path, monkeypatch):
@@ -251,8 +293,12 @@ def test_seed_runs_are_reused_when_rerun(tmp_path, monkeypatch):
          "'study.protocol' should be one of ('curriculum', 'retrain') (or a list of them, each "
          "once) but got 'finetune'"),
         (["study.protocol=[retrain,retrain]"], None, "'study.protocol' should be one of"),
-        (["study.protocol=retrain", "study.overrides=['data=planted','data.options.grid_size=4']"],
-         None, "pin it with 'data.options.task_seed=<int>'"),
+        (["study.task_seeds=[0,0]"], None, "'study.task_seeds' should be null or a list of "
+         "distinct ints (planted key placements) but got [0, 0]"),
+        (["study.task_seeds=[a]"], None, "'study.task_seeds' should be null or a list of "
+         "distinct ints"),
+        (["study.task_seeds=[]"], None, "'study.task_seeds' should be null or a list"),
+        (["study.oracle=2"], None, "'study.oracle' should be true or false but got 2"),
         (["study.backbones=[txl,rnn]"], None, "'study.backbones' should list distinct backbones "
          f"out of {list_backbones()} (or be null) but names unknown ['rnn']"),
         (["study.backbones=[txl,vit,txl]"], None, "'study.backbones' should list distinct "
@@ -359,7 +405,8 @@ def fake_train(calls: list):
         grid = [4, 4]
         result = RunResult(
             val_acc=0.5 + cfg.seed / 100, best_val_acc=0.6 + cfg.seed / 100,
-            val_loss=1.0, train_seconds=0.1, key_recall=None, key_patches=None,
+            val_loss=1.0, test_acc=0.7 + cfg.seed / 100, train_seconds=0.1, key_recall=None,
+            key_patches=None,
             steps=1, epochs=cfg.trainer.epochs, finished=True, method=cfg.method,
             backbone=cfg.backbone.name, data=cfg.data.name, seed=cfg.seed, grid=grid,
             order=list(range(grid[0] * grid[1])), example_order=None,
@@ -418,16 +465,19 @@ def test_a_study_refuses_torchrun(tmp_path, monkeypatch):
 def test_seed_runs_use_their_own_seeds(tmp_path, monkeypatch):
     """The search trains on study.seed; every method's re-runs on study.seed + 1 .. + seeds,
     under both protocols (a fixed order's runs serve both), and each run's data and prior seeds
-    follow its seed."""
+    follow its seed; the planted key placements (study.task_seeds) go to the seeds in turn, the
+    search's seed taking the first."""
     calls = []
     monkeypatch.setattr(study_module, "train", fake_train(calls))
     cfg = study_config(tmp_path, "study.methods=[row_major,compression_prior,softsort]",
                        "study.protocol=[curriculum,retrain]", "study.seed=10", "study.seeds=3",
-                       "study.n_trials=2", NO_PRUNING)  # fmt: skip
+                       "study.n_trials=2", "study.task_seeds=[4,9]", "study.oracle=false",
+                       NO_PRUNING)  # fmt: skip
     Study(cfg).run()
     runs = {}
     for run in calls:
         assert run.data.options.seed == run.seed  # the images follow the run's seed
+        assert run.data.options.task_seed == {10: 4, 11: 4, 12: 9, 13: 4}[run.seed]
         if run.get("prior") is not None:
             assert run.prior.options.seed == run.seed
         runs.setdefault((run.method, Path(run.output_dir).name), []).append(run.seed)
@@ -441,7 +491,8 @@ def test_seed_runs_use_their_own_seeds(tmp_path, monkeypatch):
     assert len(rows) == 6
     for row in rows.values():
         assert row["seeds"] == "11 12 13" and row["n_seeds"] == "3"
-        assert row["val_accs"] == "0.6100 0.6200 0.6300"
+        assert row["test_accs"] == "0.8100 0.8200 0.8300" and row["reported"] == "test_acc"
+        assert row["val_acc_mean"] == "0.6200"  # the study metric (val_acc) on validation
 
 
 def test_a_killed_workers_trial_is_failed_by_its_heartbeat_and_retried(tmp_path, monkeypatch):
