@@ -118,8 +118,13 @@ def test_success_rate_counts_test_wins_against_the_best_fixed_order_on_common_se
         "softsort": {1: (0.60, 0.1), 2: (0.55, 0.1), 3: (0.40, 0.1), 5: (0.90, 0.1)},
     })  # fmt: skip
     assert rows["softsort"].success_rate == pytest.approx(2 / 3, abs=TOL)
+    assert rows["softsort"].success_pairs == 3  # the seeds it shares with the best fixed order
     assert rows["row_major"].success_rate == ""  # fixed rows have none
     assert rows["softsort"].vs_best_fixed.pairs == 3
+    from diffsort_reorder.study.report.markdown import markdown_table
+
+    line = next(x for x in markdown_table(list(rows.values())).splitlines() if "softsort" in x)
+    assert "| 2/3 |" in line  # wins over the common seeds, not over the row's own 4
 
 
 def test_gap_to_oracle_is_the_mean_paired_difference_to_the_oracle_row():

@@ -57,8 +57,8 @@ def _p(row: dict) -> str:
 
 
 def _success(row: dict) -> str:
-    rate = row["success_rate"]
-    return "-" if rate == "" else f"{round(float(rate) * int(row['n_seeds']))}/{row['n_seeds']}"
+    rate, pairs = row["success_rate"], row["success_pairs"]
+    return "-" if rate == "" else f"{round(float(rate) * int(pairs))}/{pairs}"
 
 
 def _panels(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:

@@ -51,7 +51,7 @@ def p_text(delta: PairedDelta) -> str:
 def _rate(row: Row) -> str:
     if row.success_rate == "":
         return "-"
-    return f"{round(row.success_rate * len(row.by_seed))}/{len(row.by_seed)}"
+    return f"{round(row.success_rate * row.success_pairs)}/{row.success_pairs}"
 
 
 def markdown_table(group: list[Row]) -> str:
@@ -108,7 +108,8 @@ def headline(group: list[Row]) -> str:
         return "No headline: the comparison needs a fixed order and a learned method that finished."
     parts = [f"best fixed order (picked on validation) `{best.method}`, test "
              f"{best.test_acc_mean:.3f}."]  # fmt: skip
-    wins = sorted((r for r in learned if beats(r.vs_best_fixed)), key=lambda r: -r.p_value)
+    wins = sorted((r for r in learned if beats(r.vs_best_fixed)),
+                  key=lambda r: (r.p_holm, -r.delta_vs_best_fixed))  # fmt: skip
     losses = [r for r in learned if r.significant and r.delta_vs_best_fixed < 0]
     same = [r for r in learned if r.p_equivalent < ALPHA]
     named = lambda rs: ", ".join(f"`{r.method}` {points(r.vs_best_fixed)}" for r in rs)  # noqa: E731

@@ -30,7 +30,7 @@ CONVERGED = 0.05  # a Sinkhorn-based order's mean marginal error at its final ta
 COLUMNS = ("protocol", "method", "backbone", "data", "kind", "n_seeds", "reported",
            "test_acc_mean", "test_acc_std", "val_acc_mean", "val_acc_std",
            "best_fixed", "delta_vs_best_fixed", "ci_low", "ci_high", "p_value", "p_holm",
-           "significant", "p_equivalent", "success_rate", "mde",
+           "significant", "p_equivalent", "success_rate", "success_pairs", "mde",
            "delta_vs_row_major", "row_major_ci_low", "row_major_ci_high", "p_value_vs_row_major",
            "p_holm_vs_row_major", "significant_vs_row_major", "gap_to_oracle", "ci",
            "key_recall", "marginal_error", "converged", "best_params", "train_seconds",
@@ -77,6 +77,7 @@ class Row:
     vs_row_major: PairedDelta = field(default_factory=PairedDelta.none)
     gap_to_oracle: float = math.nan
     success_rate: float | str = ""  # learned rows: share of seeds beating the best fixed order
+    success_pairs: int | str = ""  # the seeds it shares with the best fixed order
     mde: float = math.nan  # the smallest effect its family's corrected test detects (80%)
 
     @property

@@ -65,6 +65,7 @@ def add_verdicts(panel: list[Row]) -> None:
             seeds = sorted(set(row.by_seed) & set(best.by_seed))
             wins = sum(row.by_seed[s] > best.by_seed[s] for s in seeds)
             row.success_rate = wins / len(seeds) if seeds else ""
+            row.success_pairs = len(seeds)
     if base is not None:
         set_family(others, base, "vs_row_major")
 
