@@ -15,9 +15,9 @@ class RunResult:
     no test split). ``lr_mass`` is each curriculum phase's share of the model's learning-rate
     mass (the sum of its per-step factors); ``marginal_error`` a Sinkhorn-based orderer's mean
     marginal error at its final temperature (None for others). ``order`` is a global orderer's
-    final order, ``example_order`` a per-image orderer's order of the first validation image (each None
-    otherwise). ``failed`` is set, and the metrics None, when the run ended with an error a study
-    records as final (see :data:`diffsort_reorder.study.search.TRIAL_ERRORS`)."""
+    final order, ``example_order`` a per-image orderer's order of the first validation image
+    (each None otherwise). ``failed`` is set, and the metrics None, when the run ended with an
+    error a study records as final (see :data:`diffsort_reorder.study.search.TRIAL_ERRORS`)."""
 
     seed: int
     method: str = ""
