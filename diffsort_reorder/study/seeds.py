@@ -64,6 +64,11 @@ def retrain_job(learned: SeedJob, result: RunResult | None) -> SeedJob | RunResu
     return learned._replace(order=list(result.order), order_source=learned.key)
 
 
+def study_seeds(s) -> list[int]:
+    """The seeds every method replicates its pipeline on: ``study.seed + 1 .. + study.seeds``."""
+    return [s.seed + k for k in range(1, s.seeds + 1)]
+
+
 def task_seed_of(task_seeds, seeds: list[int], seed: int) -> int | None:
     """The planted task (key placement) seed ``seed`` runs on: ``task_seeds`` in turn over
     ``seeds`` (the search's seed, not among them, takes the first); None without a list."""

@@ -49,7 +49,7 @@ from ..run.runtime import show_progress
 from .checks import check_study
 from .report import best_trial, write_report
 from .search import describe, search
-from .seeds import SeedJob, retrain_job, seed_jobs, task_seed_of, train_seed_run
+from .seeds import SeedJob, retrain_job, seed_jobs, study_seeds, task_seed_of, train_seed_run
 from .space import (
     build_pruner,
     build_sampler,
@@ -81,7 +81,7 @@ class Study:
             m: check_space(m, cfg.space.get(m)) for m in self.methods if is_learned(m)
         }  # fmt: skip
         self.output_dir = Path(s.output_dir)
-        self.seeds = [s.seed + k for k in range(1, s.seeds + 1)]  # every method's: paired
+        self.seeds = study_seeds(s)  # every method's: paired
         # Every run's config composes now, before any training: a bad key fails here.
         for backbone in self.backbones:
             for method in self.runs:

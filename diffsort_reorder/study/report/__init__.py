@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from ...config import to_yaml
 from ...files import write_text
 from ...orders.methods import is_per_image
-from ..seeds import task_seed_of
+from ..seeds import study_seeds, task_seed_of
 from .figures import write_figures
 from .markdown import (
     METRIC_MEANINGS,
@@ -89,7 +89,7 @@ def write_report(output_dir: Path, cfg: DictConfig, searches: dict, results: dic
     output_dir.mkdir(parents=True, exist_ok=True)
     s = cfg.study
     rows = summarize(searches, results, s.metric, sources)
-    seeds = [s.seed + k for k in range(1, s.seeds + 1)]
+    seeds = study_seeds(s)
     write_text(output_dir / "results.csv", csv_text(rows))
     write_text(
         output_dir / "results_by_seed.csv",

@@ -10,7 +10,7 @@ import sys
 
 from omegaconf import DictConfig
 
-from ..seeds import task_seed_of
+from ..seeds import study_seeds, task_seed_of
 from ..stats import EQUIVALENCE_MARGIN as MARGIN
 from ..stats import INTERVAL, PairedDelta, beats
 from .rows import CONVERGED, Row
@@ -162,7 +162,7 @@ def placement_lines(group: list[Row], s: DictConfig) -> list[str]:
     tasks = list(s.get("task_seeds") or [])
     if len(tasks) < 2:
         return []
-    seeds = [s.seed + k for k in range(1, s.seeds + 1)]
+    seeds = study_seeds(s)
     header = ["method", *(f"task {t}" for t in tasks), "pooled"]
     lines = ["Per key placement (mean test accuracy over its seeds):", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]  # fmt: skip
