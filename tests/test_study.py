@@ -138,6 +138,16 @@ def test_smoke_study_end_to_end(tmp_path):
     assert "## Method x backbone (retrain)" in report
     for name in ("comparison.png", "orders-txl.png", "backbones-retrain.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    # The maps' marks: each backbone's readout window (txl: its last segment and memory; vit:
+    # none) and each run's key patches, from the runs' own configs.
+    with open(out / "results_by_seed.csv") as f:
+        lines = list(csv.DictReader(f))
+    data = compose_config(list(cfg.study.overrides)).data.options
+    side, keys = data.grid_size, data.num_keys
+    # txl: its last segment of 4 and the memory of 4 it attends (smoke's backbone_overrides).
+    assert {line["backbone"]: line["readout_window"] for line in lines} == {"txl": "8", "vit": ""}
+    assert all(line["grid"] == f"{side}x{side}" for line in lines)
+    assert all(len(line["key_patches"].split()) == keys for line in lines)
 
 
 def test_retrain_trains_each_seed_on_the_order_that_seed_learned(tmp_path):

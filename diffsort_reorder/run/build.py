@@ -151,6 +151,17 @@ def build_run(cfg: DictConfig) -> Run:
                steps_per_epoch, clip_limits, world, test_set=test_set)  # fmt: skip
 
 
+def readout_window_of(cfg: DictConfig, grid: tuple[int, int]) -> int | None:
+    """The readout window (``SequenceBackbone.readout_window``) of ``cfg``'s backbone on a
+    ``grid`` of patches, without building the data or training: what a report marks on its
+    order maps."""
+    backbone = create_backbone(
+        cfg.backbone.name, size=cfg.backbone.size, num_tokens=grid[0] * grid[1], num_classes=2,
+        **(OmegaConf.to_container(cfg.backbone.options, resolve=True) or {}),
+    )  # fmt: skip
+    return backbone.readout_window()
+
+
 def order_tokens(run: Run, patches: torch.Tensor):
     """Embed and order ``patches``; the orderer first gets what its ``wants`` asks the model for
     (early features or a saliency). Returns the output and the milliseconds of that early pass

@@ -42,10 +42,20 @@ class RunLogger:
             if math.isfinite(value):
                 self.writer.add_scalar(name, value, step)
 
-    def order(self, step: int, order: torch.Tensor, title: str) -> None:
+    def order(
+        self,
+        step: int,
+        order: torch.Tensor,
+        title: str,
+        marks: list[int] | None = None,
+        window: int | None = None,
+    ) -> None:
+        """The order as a slot map; ``marks`` (key patches) framed, the last ``window`` slots
+        dotted."""
         if self.writer is None:
             return
-        self.writer.add_image("order", order_image(order, *self.grid, title=title), step)
+        image = order_image(order, *self.grid, title=title, marks=marks, window=window)
+        self.writer.add_image("order", image, step)
 
     def soft_matrix(self, step: int, P: torch.Tensor) -> None:
         """One soft permutation ``(N, N)`` as a grey image, scaled into [0, 1]."""

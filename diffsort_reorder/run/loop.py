@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..data import patchify
 from .build import Run, order_tokens, prepare_run
-from .evaluate import evaluate, example_order
+from .evaluate import evaluate, example_order, readout_window
 from .log import RunLogger
 from .result import RunResult
 from .rundir import RunDir
@@ -130,7 +130,13 @@ def fit(
         }
         log.scalars(state["step"], scalars)
         if run.orderer.is_global and (epoch % t.image_every == 0 or epoch + 1 == t.epochs):
-            log.order(state["step"], run.orderer.order().cpu(), f"{cfg.method} epoch {epoch + 1}")
+            log.order(
+                state["step"],
+                run.orderer.order().cpu(),
+                f"{cfg.method} epoch {epoch + 1}",
+                run.val_set.shared_keys(),
+                readout_window(run),
+            )  # the report's map
             if soft is not None:
                 log.soft_matrix(state["step"], soft)
         bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['val_acc']:.3f}")

@@ -42,6 +42,7 @@ from ..orders.methods import (
     is_learned,
     learns_one_order,
 )
+from ..run.build import readout_window_of
 from ..run.checks import check_config
 from ..run.loop import train
 from ..run.result import RunResult
@@ -323,4 +324,15 @@ class Study:
                 else:
                     results[protocol, backbone, method] = curriculum
                 sources[protocol, backbone, method] = [j.key for j in js]  # whose order
-        return write_report(self.output_dir, self.cfg, searches, results, sources)
+        return write_report(self.output_dir, self.cfg, searches, results, sources,
+                            self.readout_windows(results))  # fmt: skip
+
+    def readout_windows(self, results: dict) -> dict[str, int | None]:
+        """Each backbone's readout window on the grid its runs read (for the order maps)."""
+        windows: dict[str, int | None] = {}
+        for (_, backbone, method), runs in results.items():
+            grid = next((r.grid for r in runs if r.grid), None)
+            if grid and backbone not in windows:
+                cfg = self.run_config(method, backbone, self.s.seed, "window", {})
+                windows[backbone] = readout_window_of(cfg, tuple(grid))
+        return windows

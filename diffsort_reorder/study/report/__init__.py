@@ -19,7 +19,7 @@ from ...config import to_yaml
 from ...files import write_text
 from ...orders.methods import is_per_image
 from ..seeds import study_seeds, task_seed_of
-from .figures import write_figures
+from .figures import log_pictures, write_figures
 from .markdown import (
     METRIC_MEANINGS,
     backbone_table,
@@ -81,11 +81,13 @@ def report_lines(cfg: DictConfig, rows: list[Row], searches: dict,
 
 
 def write_report(output_dir: Path, cfg: DictConfig, searches: dict, results: dict,
-                 sources: dict | None = None) -> Path:  # fmt: skip
+                 sources: dict | None = None, windows: dict | None = None) -> Path:  # fmt: skip
     """Write the report files into ``output_dir``; returns the path of ``report.md``. Everything
     in it comes from the study's storage (``searches``: each (backbone, method)'s Optuna study;
     ``results``: each (protocol, backbone, method)'s seed runs; ``sources``: the run whose order
-    each of them trained on), so every worker of a study writes the same report."""
+    each of them trained on; ``windows``: each backbone's readout window), so every worker of a
+    study writes the same report. The pictures are drawn from the CSVs just written, and the
+    verdict picture goes to TensorBoard too (``runs/<name>/report``)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     s = cfg.study
     rows = summarize(searches, results, s.metric, sources)
@@ -93,10 +95,11 @@ def write_report(output_dir: Path, cfg: DictConfig, searches: dict, results: dic
     write_text(output_dir / "results.csv", csv_text(rows))
     write_text(
         output_dir / "results_by_seed.csv",
-        seeds_csv_text(rows, lambda seed: task_seed_of(s.get("task_seeds"), seeds, seed)),
+        seeds_csv_text(rows, lambda seed: task_seed_of(s.get("task_seeds"), seeds, seed), windows),
     )
     data = next((r.data for r in rows if r.n_seeds), "?")
-    figures = write_figures(rows, output_dir, f"{cfg.study.name}: {data}")
+    figures = write_figures(output_dir, f"{cfg.study.name}: {data}")
+    log_pictures(output_dir / "runs" / s.name / "report", output_dir)
     path = write_text(
         output_dir / "report.md", "\n".join(report_lines(cfg, rows, searches, figures))
     )

@@ -218,17 +218,36 @@ def method_lines(s: DictConfig, protocols: list[str], per_image: list[str]) -> l
     ]
 
 
+FIGURES = "<!-- figures -->", "<!-- /figures -->"  # the block the pictures' lines live in
+
+
+def figure_lines(protocols: list[str], drawings: list[str]) -> list[str]:
+    """The verdict picture and the order maps, between :data:`FIGURES` (which
+    ``python -m diffsort_reorder.study.figures`` rewrites when it redraws them)."""
+    return [
+        FIGURES[0],
+        "Each learned method against the best fixed order (filled: Holm-adjusted p < 0.05; "
+        "lines: the best fixed order, row_major and, on planted data, the oracle; wins: the "
+        "seeds on which its own order beat the best fixed order):",
+        "",
+        "![learned orders against the best fixed order](comparison.png)",
+        "",
+        f"Orders as maps ({protocols[0]}): colour is the slot a patch is read at (0 first); red "
+        "frames mark key patches where the data has them, dots the patches in the window the "
+        "backbone reads best. The first map per method is its first seed's; the by-seed maps show "
+        "every seed's learned order, titled with that seed's test accuracy (curriculum / "
+        "retrained on that order):",
+        "",
+        *([line for d in drawings for line in (d, "")][:-1] or ["(no orders: no run finished)"]),
+        FIGURES[1],
+    ]
+
+
 def closing_lines(s: DictConfig, protocols: list[str], drawings: list[str],
                   failures: list[str]) -> list[str]:  # fmt: skip
-    """The comparison figure, the order drawings, the failures and TensorBoard."""
+    """The pictures, the failures and TensorBoard."""
     return [
-        "![paired differences to row_major](comparison.png)",
-        "",
-        f"Each method's final order over the patch grid ({protocols[0]}, first seed; colour: "
-        "sequence slot, red dot: the first slot, red frames: key patches where the data has "
-        "them):",
-        "",
-        *(drawings or ["(no orders: no run finished)"]),
+        *figure_lines(protocols, drawings),
         "",
         "## Failures",
         "",

@@ -36,9 +36,11 @@ COLUMNS = ("protocol", "method", "backbone", "data", "kind", "n_seeds", "reporte
            "key_recall", "marginal_error", "converged", "best_params", "train_seconds",
            "trials_complete", "trials_pruned", "trials_failed", "seeds", "test_accs")  # fmt: skip
 # results_by_seed.csv: one line per seed run, for researchers' own statistics.
+# ``grid`` ("8x8"), ``key_patches`` (planted) and ``readout_window`` (how many last slots the
+# backbone reads best; empty where it has no such window) are what the order maps draw.
 SEED_COLUMNS = ("protocol", "backbone", "method", "seed", "task_seed", "test_acc", "val_acc",
-                "key_recall", "marginal_error", "train_seconds", "order",
-                "order_source")  # fmt: skip
+                "key_recall", "marginal_error", "train_seconds", "order", "order_source",
+                "grid", "key_patches", "readout_window")  # fmt: skip
 
 
 @dataclass
@@ -118,8 +120,9 @@ class Row:
         values = {name: getattr(self, name) for name in COLUMNS}
         return {k: f"{v:.4f}" if isinstance(v, float) else v for k, v in values.items()}
 
-    def seed_lines(self, task_seed_of) -> list[dict]:
-        """Its lines of results_by_seed.csv; ``task_seed_of(seed)`` gives a seed's task."""
+    def seed_lines(self, task_seed_of, window: int | None = None) -> list[dict]:
+        """Its lines of results_by_seed.csv; ``task_seed_of(seed)`` gives a seed's task,
+        ``window`` is the backbone's readout window."""
         lines = []
         for run in self.runs:
             order = run.order if run.order is not None else run.example_order
@@ -131,6 +134,9 @@ class Row:
                 "marginal_error": run.marginal_error, "train_seconds": run.train_seconds,
                 "order": " ".join(map(str, order)) if order is not None else "",
                 "order_source": self.order_sources.get(run.seed, ""),
+                "grid": "x".join(map(str, run.grid)) if run.grid else "",
+                "key_patches": " ".join(map(str, run.key_patches or [])),
+                "readout_window": window,
             }  # fmt: skip
             lines.append({k: "" if v is None else f"{v:.4f}" if isinstance(v, float) else v
                           for k, v in values.items()})  # fmt: skip
@@ -231,6 +237,11 @@ def csv_text(rows: list[Row]) -> str:
     return _csv(COLUMNS, [row.csv_values() for row in rows])
 
 
-def seeds_csv_text(rows: list[Row], task_seed_of=lambda seed: None) -> str:
-    """results_by_seed.csv: a header of :data:`SEED_COLUMNS` and a line per seed run."""
-    return _csv(SEED_COLUMNS, [line for row in rows for line in row.seed_lines(task_seed_of)])
+def seeds_csv_text(rows: list[Row], task_seed_of=lambda seed: None,
+                   windows: dict | None = None) -> str:  # fmt: skip
+    """results_by_seed.csv: a header of :data:`SEED_COLUMNS` and a line per seed run;
+    ``windows`` maps a backbone to its readout window."""
+    windows = windows or {}
+    lines = [line for row in rows
+             for line in row.seed_lines(task_seed_of, windows.get(row.backbone))]  # fmt: skip
+    return _csv(SEED_COLUMNS, lines)
