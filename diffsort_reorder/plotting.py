@@ -234,9 +234,10 @@ def save_orders_png(
     columns: int = 4,
     marks: Sequence[int] | Mapping[str, Sequence[int] | None] | None = None,
     window: int | None = None,
+    traced: Sequence[str] = (),
 ) -> Path:
     """Write :func:`orders_figure` as a PNG, atomically; returns the path."""
-    fig = orders_figure(orders, height, width, columns, marks=marks, window=window)
+    fig = orders_figure(orders, height, width, columns, marks=marks, window=window, traced=traced)
     with atomic(path) as f:
         fig.savefig(f, format="png")
     return Path(path)

@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         jumps = int((steps > 1).sum()) if steps.numel() else 0
         mean = float(steps.mean()) if steps.numel() else 0.0
         print(f"{name:<14} {jumps:>5} {mean:>9.2f}")
-    path = save_orders_png(orders, args.height, args.width, args.out)
+    path = save_orders_png(orders, args.height, args.width, args.out, traced=list(orders))
     print(json.dumps({"png": str(path), "orders": list(orders)}))
 
 
