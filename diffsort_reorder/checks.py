@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import re
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -60,6 +63,43 @@ def check_path(key: str, value) -> str:
     """A non-empty path."""
     if not isinstance(value, str) or not value:
         raise ValueError(f"'{key}' should be a path but got {value!r}")
+    return value
+
+
+def check_writable(key: str, value, file: bool = False) -> str:
+    """A folder (``file``: a file's path) the suite can write into, checked before any work:
+    it is a folder or does not exist yet, and its nearest existing ancestor is a folder this
+    process may write to. Nothing is created."""
+    check_path(key, value)
+    path = Path(value).expanduser().absolute()
+    if path.exists() and path.is_dir() == file:
+        want = "a file, not a folder" if file else "a folder, not a file"
+        raise ValueError(f"'{key}' should be {want} but got {value!r}")
+    folder = next(p for p in (path.parent if file else path, *path.parents) if p.exists())
+    if not folder.is_dir():
+        raise ValueError(
+            f"'{key}' should be a path you can write to but got {value!r}, which lies under the "
+            f"file {str(folder)!r}"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"'{key}' should be a path you can write to but got {value!r}: {str(folder)!r} is "
+            f"not writable"
+        )
+    return value
+
+
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_name(key: str, value) -> str:
+    """A plain name, for a value that becomes a folder or file name: letters, digits, ``-``,
+    ``_`` and ``.``, not ``.`` or ``..`` (so it never leaves the folder it is put in)."""
+    if not isinstance(value, str) or not PLAIN_NAME.fullmatch(value) or value in (".", ".."):
+        raise ValueError(
+            f"'{key}' should be a plain name (letters, digits, '-', '_', '.'; not '.' or '..'; "
+            f"it names folders) but got {value!r}"
+        )
     return value
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -25,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .config import group_names
+from .redact import redacted
 
 FULL_ERROR = "DIFFSORT_FULL_ERROR"
 EXIT_BAD_INPUT = 2
@@ -33,9 +35,16 @@ BAD_INPUT = (ValueError, TypeError, FileNotFoundError, HydraException, OmegaConf
 # The config groups each command's overrides may pick from, by its primary config.
 GROUPS = {
     "config": ("data", "backbone", "estimator", "prior", "trainer"),
-    "study": ("study", "data", "backbone", "estimator", "prior", "trainer"),
+    "study": ("study", "space"),
     "priors": ("data", "prior"),
 }
+# What a command's --help adds below its groups.
+NOTES = {
+    "study": "A study's runs take their settings (data=, backbone=, trainer.epochs=, ...) from "
+    "study.overrides, a list in the study file (study.overrides='[data=digits,...]' replaces it).",
+}
+# OmegaConf's words for a mandatory value (``???``) read before it was given, and the key.
+MISSING_VALUE = re.compile(r"Missing mandatory value: ?([\w.\[\]]+)")
 
 
 def describe(err: BaseException) -> str:
@@ -55,6 +64,10 @@ def describe(err: BaseException) -> str:
             f"'{cause.full_key}' is not a key of {where} (its keys: {', '.join(map(str, known))});"
             f" to add a new key write +{cause.full_key}=..."
         )
+    missing = MISSING_VALUE.search(str(err)) if isinstance(err, OmegaConfBaseException) else None
+    if missing:
+        key = missing.group(1)
+        return f"'{key}' has no value; give it on the command line: {key}=..."
     if isinstance(err, OverrideParseException):
         override = str(err).splitlines()[0].removeprefix("Error parsing override ")
         return f"the override {override} does not parse; overrides read key=value (Hydra's syntax)"
@@ -62,14 +75,15 @@ def describe(err: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def bad_input():
-    """Refused input inside the block exits with ``error: ...`` and status 2."""
+def bad_input(kinds: tuple[type[BaseException], ...] = BAD_INPUT):
+    """Refused input inside the block exits with ``error: ...`` and status 2; ``kinds`` are the
+    errors that count as refused input there (around training: only a refused resume)."""
     try:
         yield
-    except BAD_INPUT as err:
+    except kinds as err:
         if os.environ.get(FULL_ERROR, "") not in ("", "0"):
             raise
-        print(f"error: {describe(err)}", file=sys.stderr)
+        print(f"error: {redacted(describe(err))}", file=sys.stderr)  # no password shown
         raise SystemExit(EXIT_BAD_INPUT) from None
 
 
@@ -90,9 +104,11 @@ def usage(prog: str, summary: str, config_name: str) -> str:
     groups = "\n".join(
         f"  {group}: {', '.join(names)}" for group, names in group_options(config_name).items()
     )
+    note = f"{NOTES[config_name]}\n" if config_name in NOTES else ""
     return (
         f"usage: {prog} [key=value ...] [--cfg] [--help]\n\n{summary}\n\n"
         f"Overrides (Hydra's syntax) apply to configs/{config_name}.yaml; groups:\n{groups}\n"
+        f"{note}"
         f"--cfg prints the composed config and exits; {FULL_ERROR}=1 shows the traceback of an "
         f"input error."
     )
@@ -118,7 +134,8 @@ def run_command(
         if flags:
             raise ValueError(f"unknown option {flags[0]!r}; accepted: --cfg, --help, key=value")
         cfg = compose(args)
+        shown = redacted(OmegaConf.to_yaml(cfg, resolve=True)) if show else None  # may refuse
     if show:
-        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+        print(shown, end="")
         return None
     return cfg

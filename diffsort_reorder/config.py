@@ -8,6 +8,12 @@ so a run composes the same config from a checkout or from an installed wheel.
 temperature schedule, starting order and hyper-parameters) unless ``estimator=`` is given; a prior
 named by ``method=`` or ``estimator.init=`` selects its group (``prior=compression_prior`` or
 ``prior=collapse_prior``, with its settings) likewise: a group's files are named as the methods.
+The other way round, ``estimator=<estimator>`` or ``prior=<prior>`` without ``method=`` selects
+that method (a run whose method does not use them is refused by ``run.checks``).
+
+The study command composes ``configs/study.yaml``, whose keys are ``study`` and ``space``: any
+other override (``data=``, ``+data=``, ...) would be ignored or misread there, so it is refused,
+as is a study file given by path rather than by name.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ CONFIG_MODULE = "diffsort_reorder.configs"
 RENAMED_PRIORS = {"compression": "compression_prior", "collapse": "collapse_prior"}
 # Trainer keys that may differ when a run resumes: how it is driven, not what it computes.
 RUNTIME_KEYS = ("resume", "stop_after_epochs", "progress", "log_dir", "num_workers")
+STUDY_KEYS = ("study", "space")  # what the study command's overrides may set
 
 
 def comparable(data: dict) -> dict:
@@ -76,6 +83,11 @@ def value_of(overrides: list[str], key: str) -> str | None:
 def compose_config(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
     """The composed config for ``overrides`` (Hydra's override syntax)."""
     overrides = [_renamed_prior(o) for o in overrides or []]
+    if config_name == "study":
+        for override in overrides:
+            check_study_override(override)
+    if config_name == "config" and value_of(overrides, "method") is None:
+        overrides += _method_of_groups(overrides)
     method = value_of(overrides, "method")
     if method in list_estimators() and value_of(overrides, "estimator") is None:
         overrides.append(f"estimator={method}")
@@ -94,6 +106,40 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
             GlobalHydra.instance().clear()
             GlobalHydra.instance().initialize(outer)
     return cfg
+
+
+def _method_of_groups(overrides: list[str]) -> list[str]:
+    """``method=<name>`` for ``estimator=<name>`` (or else ``prior=<name>`` without
+    ``estimator.init=``), the method they configure; none when neither names one."""
+    estimator, prior = value_of(overrides, "estimator"), value_of(overrides, "prior")
+    if estimator in list_estimators():
+        return [f"method={estimator}"]
+    if prior in group_names("prior") and value_of(overrides, "estimator.init") is None:
+        return [f"method={prior}"]
+    return []
+
+
+def check_study_override(override: str) -> None:
+    """An override the study command reads: ``study=<name>``, ``study.<key>=...`` or
+    ``space.<method>.<key>=...``; a ValueError in one line otherwise."""
+    key, sep, value = override.partition("=")
+    name = key.lstrip("+~")
+    top = name.split(".")[0]
+    if top not in STUDY_KEYS:
+        raise ValueError(
+            f"{override!r} sets {top!r}, which a study does not read: the study command takes "
+            f"study=<name>, study.<key>=... and space.<method>.<key>=...; its runs' settings go in "
+            f"study.overrides (e.g. 'study.overrides=[{name}={value or '...'},...]' replaces the "
+            f"list) or a study file"
+        )
+    if name == "study" and sep and ("/" in value or value.endswith((".yaml", ".yml"))):
+        names = group_names("study")
+        stem = value.rstrip("/").rpartition("/")[2].rsplit(".", 1)[0]
+        hint = f"study={stem}" if stem in names else f"one of {', '.join(names)}"
+        raise ValueError(
+            f"study={value}: give a study by name, not by path: {hint} (study files are "
+            f"configs/study/<name>.yaml; put another one there to run it)"
+        )
 
 
 def _renamed_prior(override: str) -> str:

@@ -21,6 +21,7 @@ from torch import nn
 from ._checks import (
     check_choice,
     check_count,
+    check_finite,
     check_float_tensor,
     check_nonnegative,
     check_permutation_index,
@@ -220,9 +221,7 @@ class PermutationEstimator(nn.Module):
         self.tau = tau
         self.materialize_limit = _check_materialize_limit(materialize_limit)
         self.check_materialize_limit()
-        if init_order is None:
-            init_order = torch.arange(self.num_tokens)
-        init_order = torch.as_tensor(init_order)
+        init_order = _as_order(init_order, self.num_tokens)
         check_permutation_index("init_order", init_order, self.num_tokens)
         if init_order.dim() != 1:
             raise ValueError(
@@ -287,9 +286,23 @@ class PermutationEstimator(nn.Module):
         return self.train_forward(tokens) if self.training else self.hard_output(tokens)
 
     def hard_output(self, tokens: torch.Tensor) -> PermutationOutput:
-        """``order()`` applied to every image: what eval returns."""
+        """``order()`` applied to every image: what eval returns; refused while a parameter is
+        non-finite (a NaN score would still sort to a valid-looking order)."""
+        self.check_finite_parameters()
         index = self.order().to(tokens.device).expand(tokens.shape[0], -1)  # (B, N)
         return self.indexed_output(tokens, index)
+
+    def check_finite_parameters(self) -> None:
+        """Raise :class:`~estimators._checks.NonFiniteError` naming the first parameter that
+        holds NaN or inf: one reduction per parameter and one host sync, paid in eval only (in
+        training a non-finite parameter reaches the tokens and the loss)."""
+        params = list(self.named_parameters())
+        if not params:
+            return
+        finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in params])
+        if not bool(finite.all()):
+            name, p = params[int((~finite).nonzero()[0, 0])]
+            check_finite(name, p.detach())
 
     def indexed_output(self, tokens: torch.Tensor, index: torch.Tensor, **fields):
         """The :class:`PermutationOutput` that applies ``index (B, N)``, an index this estimator
@@ -311,6 +324,22 @@ class PermutationEstimator(nn.Module):
         path = f", soft_path={self.soft_path!r}" if self.soft_path != "none" else ""
         applies = ", applies P without forming it" if self.applies() else ""
         return f"num_tokens={self.num_tokens}, tau={self.tau:g}{path}{applies}"
+
+
+def _as_order(init_order, n: int) -> torch.Tensor:
+    """``init_order`` as a tensor (None: the identity), or a TypeError in words."""
+    if init_order is None:
+        return torch.arange(n)
+    accepted = f"'init_order' should be a permutation of range({n}) (a LongTensor, list or array)"
+    if isinstance(init_order, str):
+        raise TypeError(
+            f"{accepted} but got the name {init_order!r}; the estimators take orders, not scan-"
+            f"order names: e.g. diffsort_reorder.orderings.scan_order({init_order!r}, H, W)"
+        )
+    try:
+        return torch.as_tensor(init_order)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"{accepted} but got {type(init_order).__name__}: {err}") from None
 
 
 def _check_samples(samples: str) -> str:

@@ -43,7 +43,7 @@ import math
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._checks import check_float_tensor, check_positive, check_same_device
+from ._checks import check_finite, check_float_tensor, check_positive, check_same_device
 from ._precision import HALF, upcast
 from .relaxations import _soft_ranks, softsort
 
@@ -191,9 +191,14 @@ def softsort_apply(scores: torch.Tensor, x: torch.Tensor, tau: float = 1.0) -> t
         tau: SoftSort's temperature (the paper's tau, arXiv 2006.16038).
 
     Returns ``(..., N, D)`` in ``x``'s dtype. Half-precision input (autocast) is computed in
-    float32; float64 stays float64. Ties: see the module.
+    float32; float64 stays float64. Ties: see the module. Non-finite scores are refused (one
+    reduction and one host sync); the estimators call the unchecked ``_softsort_apply``.
     """
     tau = _check_apply_args(scores, x, tau)
+    return _softsort_apply(check_finite("scores", scores), x, tau)
+
+
+def _softsort_apply(scores: torch.Tensor, x: torch.Tensor, tau: float) -> torch.Tensor:
     out_dtype = x.dtype
     dtype = torch.promote_types(_compute_dtype(scores), _compute_dtype(x))
     n, d = x.shape[-2:]

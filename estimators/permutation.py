@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ._checks import (
+    NonFiniteError,
     check_count,
     check_float_tensor,
     check_permutation_index,
@@ -44,7 +45,11 @@ def hard_permutation(P: torch.Tensor) -> torch.Tensor:
     n = P.shape[-1]
     flat = P.detach().reshape(-1, n, n).to("cpu", torch.float64).numpy()
     if not np.isfinite(flat).all():
-        raise ValueError("'P' should be finite but contains NaN or inf")
+        nan, inf = int(np.isnan(flat).sum()), int(np.isinf(flat).sum())
+        raise NonFiniteError(
+            f"'P' should be finite but holds {nan} NaN and {inf} inf of {flat.size} "
+            f"(shape {tuple(P.shape)})"
+        )
     index = np.stack([linear_sum_assignment(m, maximize=True)[1] for m in flat])
     return torch.from_numpy(index).to(P.device).reshape(P.shape[:-1])
 

@@ -5,7 +5,8 @@ a time without replacement, each with probability proportional to ``exp(z / tau)
 Gumbel-top-k (``argsort(z / tau + g)``, descending), and the log-probability is taken at the same
 ``tau`` the samples were drawn at (REOrder's code samples at ``tau`` but scores at ``tau = 1``).
 Half-precision logits (autocast) are computed in float32: bf16 rounding divided by a small ``tau``
-costs whole nats.
+costs whole nats. Logits holding NaN or inf are refused (a ValueError naming ``logits``; one
+reduction and one host sync per call): a NaN logit would still give a valid-looking permutation.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from ._checks import (
     check_count,
+    check_finite,
     check_float_tensor,
     check_permutation_index,
     check_positive,
@@ -34,6 +36,13 @@ def plackett_luce_sample(
     check_float_tensor("logits", logits)
     num_samples = check_count("num_samples", num_samples)
     tau = check_positive("tau", tau)
+    return _sample(check_finite("logits", logits), num_samples, tau, generator)
+
+
+@full_precision
+def _sample(logits, num_samples: int, tau: float, generator=None) -> torch.Tensor:
+    """:func:`plackett_luce_sample` unchecked (an estimator's training step checks its logits
+    where it syncs anyway, or lets a non-finite one reach the loss)."""
     z = logits.detach()
     perturbed = z / tau + sample_gumbel((num_samples, *z.shape), z, generator)
     return perturbed.argsort(dim=-1, descending=True)
@@ -43,6 +52,7 @@ def _checked(logits: torch.Tensor, index: torch.Tensor, tau: object) -> float:
     """The public functions' checks; ``tau`` as a float."""
     check_float_tensor("logits", logits)
     tau = check_positive("tau", tau)
+    check_finite("logits", logits)
     check_permutation_index("index", index, logits.shape[-1])
     check_same_device(logits=logits, index=index)
     return tau

@@ -6,13 +6,19 @@ Every function maps scores ``(..., N)`` to ``P (..., N, N)`` whose rows sum to 1
 As ``tau -> 0`` each tends to ``one_hot(argsort(scores, descending=True))``; ``hard=True``
 returns that matrix in the forward pass and the soft one's gradient (straight-through).
 Half-precision scores (autocast) are computed in float32 (see ``_precision``).
+
+Scores holding NaN or inf are refused (:class:`~estimators._checks.NonFiniteError`, a ValueError
+naming ``scores``) at one reduction and one host sync per call. The estimators call the unchecked
+``_softsort``, ``_neuralsort``, ``_ot_sort`` and ``_soft_rank_permutation`` in their training
+steps, where a non-finite score reaches ``P``, the tokens and the loss instead; :func:`ot_sort`
+costs nothing more, since its Sinkhorn iterations sync already.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._checks import check_choice, check_float_tensor, check_positive
+from ._checks import NonFiniteError, check_choice, check_finite, check_float_tensor, check_positive
 from ._precision import full_precision
 from .sinkhorn import sinkhorn
 
@@ -54,6 +60,12 @@ def softsort(scores: torch.Tensor, tau: float = 1.0, hard: bool = False) -> torc
     - s_j| / tau)``; ``tau`` is the paper's tau."""
     check_float_tensor("scores", scores)
     tau = check_positive("tau", tau)
+    return _softsort(check_finite("scores", scores), tau, hard)
+
+
+@full_precision
+def _softsort(scores: torch.Tensor, tau: float, hard: bool = False) -> torch.Tensor:
+    """:func:`softsort` unchecked."""
     s_sorted = scores.sort(dim=-1, descending=True).values  # (..., N)
     P = torch.softmax(-(s_sorted.unsqueeze(-1) - scores.unsqueeze(-2)).abs() / tau, dim=-1)
     return _straight_through(P, scores) if hard else P
@@ -66,6 +78,12 @@ def neuralsort(scores: torch.Tensor, tau: float = 1.0, hard: bool = False) -> to
     ``A_s[j, k] = |s_j - s_k|``; ``tau`` is the paper's tau."""
     check_float_tensor("scores", scores)
     tau = check_positive("tau", tau)
+    return _neuralsort(check_finite("scores", scores), tau, hard)
+
+
+@full_precision
+def _neuralsort(scores: torch.Tensor, tau: float, hard: bool = False) -> torch.Tensor:
+    """:func:`neuralsort` unchecked."""
     n = scores.shape[-1]
     spread = _pairwise_abs(scores).sum(-1)  # (..., N): A_s 1
     coef = n - 1 - 2 * torch.arange(n, dtype=scores.dtype, device=scores.device)  # (N,)
@@ -89,16 +107,27 @@ def ot_sort(
     weights onto ``N`` anchors ``1 = b_0 > ... > b_{N-1} = 0`` under the cost
     ``C[i, j] = (b_i - g(s_j))^2``; ``tau`` is the entropic regularization epsilon. The plan times
     ``N`` is doubly stochastic; it is solved with :func:`estimators.sinkhorn` (tested against POT).
+    Non-finite scores are refused when the iterations meet them (no extra sync).
     """
     check_float_tensor("scores", scores)
-    tau = check_positive("tau", tau)
+    return _ot_sort(scores, check_positive("tau", tau), n_iters, tol, backward, hard)
+
+
+@full_precision
+def _ot_sort(scores, tau: float, n_iters=50, tol=None, backward="unrolled", hard=False):
+    """:func:`ot_sort` without its checks of ``scores`` and ``tau``; non-finite scores still
+    raise, named, where Sinkhorn finds its plan non-finite."""
     n = scores.shape[-1]
     mean = scores.mean(-1, keepdim=True)
     std = scores.std(-1, keepdim=True, unbiased=False) if n > 1 else torch.ones_like(mean)
     squashed = torch.sigmoid((scores - mean) / (std + 1e-6))  # (..., N) in (0, 1)
     anchors = torch.linspace(1.0, 0.0, n, dtype=scores.dtype, device=scores.device)  # (N,)
     cost = (anchors.unsqueeze(-1) - squashed.unsqueeze(-2)) ** 2  # (..., N, N)
-    P = sinkhorn(-cost / tau, n_iters=n_iters, tol=tol, backward=backward)
+    try:
+        P = sinkhorn(-cost / tau, n_iters=n_iters, tol=tol, backward=backward)
+    except NonFiniteError:
+        check_finite("scores", scores)  # name the cause when it is the scores
+        raise
     return _straight_through(P, scores) if hard else P
 
 
@@ -121,6 +150,12 @@ def soft_rank_permutation(
     """
     check_float_tensor("scores", scores)
     tau = check_positive("tau", tau)
+    return _soft_rank_permutation(check_finite("scores", scores), tau, regularization, hard, kernel)
+
+
+@full_precision
+def _soft_rank_permutation(scores, tau: float, regularization="l2", hard=False, kernel="squared"):
+    """:func:`soft_rank_permutation` unchecked."""
     ranks, slots = _soft_ranks(scores, tau, regularization, kernel)
     gap = ranks.unsqueeze(-2) - slots.unsqueeze(-1)  # (..., N, N): rank j minus slot i
     logits = -(gap.abs() if kernel == "l1" else gap**2) / tau

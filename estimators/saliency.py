@@ -16,6 +16,10 @@ scores (``plackett_luce``); eval applies the hard per-image argsort. With ``soft
 :func:`estimators.softsort_apply` without forming it; the matrix relaxations refuse that many.
 After a training loop's policy phase the head is frozen, but its features still come from
 backbone blocks that keep training, so per-image orders can still move then.
+
+Training calls the relaxations unchecked (no step waits on the device for a check: non-finite
+scores reach the tokens and the loss); eval refuses non-finite parameters, not per-image scores,
+so that every process of a data-parallel run refuses together or none does.
 """
 
 from __future__ import annotations
@@ -32,24 +36,25 @@ from .base import (
     draw_share,
     ramp_scores,
 )
-from .matrix_free import softsort_apply
+from .matrix_free import _softsort_apply
 from .permutation import PermutationOutput, _permute_tokens, apply_permutation
-from .plackett_luce import _log_prob, plackett_luce_sample
+from .plackett_luce import _log_prob, _sample
 from .registry import register_estimator
 from .relaxations import (
-    neuralsort,
+    _neuralsort,
+    _ot_sort,
+    _soft_rank_permutation,
+    _softsort,
     ot_sort,
-    soft_rank_permutation,
-    softsort,
     sort_permutation,
 )
 from .sinkhorn import mean_marginal_error
 
-RELAXATIONS = {
-    "softsort": softsort,
-    "neuralsort": neuralsort,
-    "torchsort": soft_rank_permutation,
-    "ot_sort": ot_sort,
+RELAXATIONS = {  # unchecked: see the module
+    "softsort": _softsort,
+    "neuralsort": _neuralsort,
+    "torchsort": _soft_rank_permutation,
+    "ot_sort": _ot_sort,
     "plackett_luce": None,  # sampled, with the REINFORCE term
 }
 SOFT_PATHS = {"softsort": "apply", "plackett_luce": "none"}  # the others form P: "matrix"
@@ -129,23 +134,22 @@ class SaliencyEstimator(_Reinforce, PermutationEstimator):
         self.check_tokens(tokens)
         s = self.scores(tokens, features)  # (B, N)
         if not self.training:
+            self.check_finite_parameters()
             index = sort_permutation(s.detach())  # (B, N): each image its own order
             return self.indexed_output(tokens, index)
         if self.relaxation == "plackett_luce":
-            index = draw_share(
-                lambda: plackett_luce_sample(s, 1, self.tau)[0], self.batch_share
-            )  # (B, N)
+            index = draw_share(lambda: _sample(s, 1, self.tau)[0], self.batch_share)  # (B, N)
             log_prob = _log_prob(s, index, self.tau)  # (B,), at the sampling tau
             aux = {"log_prob": log_prob.detach().mean(), "baseline": self.baseline.clone()}
             return self.indexed_output(tokens, index, log_prob=log_prob, aux=aux)
         index = sort_permutation(s.detach())
         aux = {"score_std": s.detach().std(-1, correction=0).mean()}
         if self.applies():  # each image's SoftSort applied without its matrix
-            out = softsort_apply(s, tokens, self.tau)  # (B, N, D)
+            out = _softsort_apply(s, tokens, self.tau)  # (B, N, D)
             if self.hard:
                 out = _permute_tokens(tokens, index) - out.detach() + out
             return PermutationOutput(out, index, aux=aux)
-        P = RELAXATIONS[self.relaxation](s, tau=self.tau, hard=self.hard)  # (B, N, N)
+        P = RELAXATIONS[self.relaxation](s, self.tau, hard=self.hard)  # (B, N, N)
         if self.relaxation == "ot_sort":
             aux["mean_marginal_error"] = mean_marginal_error(P.detach()).mean()
         return PermutationOutput(apply_permutation(tokens, soft=P), index, soft=P, aux=aux)

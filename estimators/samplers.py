@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_count, check_nonnegative, check_positive
+from ._checks import check_choice, check_count, check_finite, check_nonnegative, check_positive
 from .base import (
     MATERIALIZE_LIMIT,
     PermutationEstimator,
@@ -19,7 +19,7 @@ from .base import (
     ramp_scores,
 )
 from .permutation import PermutationOutput, apply_permutation, hard_permutation
-from .plackett_luce import _log_prob, _sequential_entropy, plackett_luce_sample
+from .plackett_luce import _log_prob, _sample, _sequential_entropy
 from .registry import register_estimator
 from .relaxations import sort_permutation
 from .sinkhorn import BACKWARDS, gumbel_sinkhorn, mean_marginal_error, sample_gumbel
@@ -120,17 +120,22 @@ class PlackettLuceEstimator(_Reinforce, PermutationEstimator):
     def order(self) -> torch.Tensor:
         return sort_permutation(self.logits.detach())
 
+    def draws(self, batch: int) -> int:
+        """How many permutations a step of ``batch`` images draws."""
+        return batch if self.samples == "image" else min(self.num_samples, batch)
+
     def groups(self, batch: int, device) -> torch.Tensor:
         """``(B,)``: which of the step's permutations each image uses."""
-        draws = batch if self.samples == "image" else min(self.num_samples, batch)
-        return torch.arange(batch, device=device) % draws
+        return torch.arange(batch, device=device) % max(1, self.draws(batch))
 
     def train_forward(self, tokens: torch.Tensor) -> PermutationOutput:
-        groups = self.groups(tokens.shape[0], tokens.device)  # (B,)
-        k = int(groups.max()) + 1
+        b = tokens.shape[0]
+        groups, k = self.groups(b, tokens.device), self.draws(b)  # (B,), K
+        # The step's one host sync: a NaN logit would still sample a valid-looking permutation.
+        check_finite("logits", self.logits)
         # Per batch: one draw, whatever share of the batch this is; per image: this share's.
         share = self.batch_share if self.samples == "image" else (0, 1)
-        draws = draw_share(lambda: plackett_luce_sample(self.logits, k, self.tau), share)  # (K, N)
+        draws = draw_share(lambda: _sample(self.logits, k, self.tau), share)  # (K, N)
         index = draws.to(tokens.device)[groups]  # (B, N)
         log_prob = _log_prob(self.logits, index, self.tau)  # (B,), at sampling tau
         aux = {"log_prob": log_prob.detach().mean(), "baseline": self.baseline.clone()}

@@ -1,5 +1,10 @@
 """Estimators with one learned score per token, relaxed to a soft permutation by a
-differentiable sort: SoftSort, NeuralSort, torchsort's soft ranks, optimal-transport sorting."""
+differentiable sort: SoftSort, NeuralSort, torchsort's soft ranks, optimal-transport sorting.
+
+Their training steps call the relaxations unchecked, so that no step waits on the device for a
+check: a non-finite score reaches ``P``, the tokens and so the loss, which a training loop checks
+(OT sorting's Sinkhorn refuses it outright, at no extra cost). Eval refuses it
+(:meth:`~estimators.PermutationEstimator.check_finite_parameters`)."""
 
 from __future__ import annotations
 
@@ -15,17 +20,18 @@ from .base import (
     _with_fallbacks,
     ramp_scores,
 )
-from .matrix_free import soft_rank_apply, softsort_apply, softsort_column_sums
+from .matrix_free import _softsort_apply, soft_rank_apply, softsort_column_sums
 from .permutation import PermutationOutput, _permute_tokens, apply_permutation
 from .registry import register_estimator
 from .relaxations import (
     KERNELS,
     REGULARIZATIONS,
+    _neuralsort,
+    _ot_sort,
+    _soft_rank_permutation,
+    _softsort,
     import_torchsort,
-    neuralsort,
     ot_sort,
-    soft_rank_permutation,
-    softsort,
     sort_permutation,
 )
 from .sinkhorn import BACKWARDS, mean_marginal_error
@@ -83,10 +89,10 @@ class SoftSortEstimator(_ScoreSortEstimator):
     soft_path = "apply"
 
     def relax(self, scores):
-        return softsort(scores, tau=self.tau, hard=self.hard)
+        return _softsort(scores, self.tau, self.hard)
 
     def relax_apply(self, scores, tokens):
-        out = softsort_apply(scores, tokens, self.tau)  # (B, N, D): one order, scanned once
+        out = _softsort_apply(scores, tokens, self.tau)  # (B, N, D): one order, scanned once
         cols = softsort_column_sums(scores.detach(), self.tau)  # rows sum to 1 exactly
         return out, {"marginal_error": (cols - 1).abs().max()}
 
@@ -96,7 +102,7 @@ class NeuralSortEstimator(_ScoreSortEstimator):
     """One learned score per token, relaxed by :func:`estimators.neuralsort`."""
 
     def relax(self, scores):
-        return neuralsort(scores, tau=self.tau, hard=self.hard)
+        return _neuralsort(scores, self.tau, self.hard)
 
 
 @register_estimator("torchsort")
@@ -125,7 +131,7 @@ class TorchSortEstimator(_ScoreSortEstimator):
         self.check_materialize_limit()
 
     def relax(self, scores):
-        return soft_rank_permutation(
+        return _soft_rank_permutation(
             scores, self.tau, self.regularization, hard=self.hard, kernel=self.kernel
         )
 
@@ -152,7 +158,7 @@ class OTSortEstimator(_ScoreSortEstimator):
         self.backward_mode = check_choice("backward", backward, BACKWARDS)
 
     def relax(self, scores):
-        return ot_sort(scores, self.tau, self.n_iters, backward=self.backward_mode, hard=self.hard)
+        return _ot_sort(scores, self.tau, self.n_iters, backward=self.backward_mode, hard=self.hard)
 
     def marginal_error(self) -> float:
         """The mean marginal error of the soft ``ot_sort(scores)`` (never straight-through) at

@@ -16,7 +16,9 @@ Should a plan still come out non-finite (a support the scalings cannot follow), 
 back to log-domain rounds under autograd, several times slower: :func:`fallback_count` counts
 those calls, the estimators report them in ``aux["log_domain_fallbacks"]``, and the first one in a
 process warns (:class:`SinkhornFallbackWarning`). Half-precision input (autocast) is computed in
-float32.
+float32. Input holding NaN or +inf (``-inf`` is a forbidden pair, allowed while every row and column
+keeps a finite entry) is refused there with a :class:`~estimators._checks.NonFiniteError` naming
+``log_alpha``: the check runs only once a plan comes out non-finite, so it costs nothing else.
 
 Gradients, chosen with ``backward``:
 - ``"unrolled"`` (default): the exact gradient of the iterations that ran. Our backward keeps only
@@ -39,6 +41,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._checks import (
+    NonFiniteError,
     check_choice,
     check_count,
     check_nonnegative,
@@ -264,8 +267,14 @@ def sinkhorn(
         x = upcast(x)
         P = _sinkhorn_rounds(x, n_iters - 1, tol, check_every, backward)
         if not torch.isfinite(P).all():  # a support the scalings cannot follow: log domain
+            _check_log_alpha(x, shape)  # unless the input is the cause
             _note_fallback(shape, x.dtype)
             P = sinkhorn_ref(x.transpose(-1, -2), n_iters).transpose(-1, -2)
+            if not torch.isfinite(P).all():
+                raise NonFiniteError(
+                    "'log_alpha' should keep a finite entry in every row and column (-inf marks a "
+                    "forbidden pair) but has a row or column of -inf only"
+                )
     P = P.transpose(-1, -2)
     if tol is not None:
         err = float(marginal_error(P.detach()).max())
@@ -277,6 +286,16 @@ def sinkhorn(
                 stacklevel=2,
             )
     return P.reshape(shape)
+
+
+def _check_log_alpha(x: torch.Tensor, shape: torch.Size) -> None:
+    """Refuse NaN and +inf in ``log_alpha`` (``x``), naming the counts."""
+    nan, inf = int(torch.isnan(x).sum()), int(torch.isposinf(x).sum())
+    if nan or inf:
+        raise NonFiniteError(
+            f"'log_alpha' should be finite or -inf but holds {nan} NaN and {inf} +inf "
+            f"of {x.numel()} (shape {tuple(shape)})"
+        )
 
 
 def _sinkhorn_rounds(x, rounds: int, tol, check_every: int, backward: str) -> torch.Tensor:

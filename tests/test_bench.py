@@ -155,7 +155,8 @@ def test_gpu_benchmark_runs_the_base_size_configs(tmp_path):
     from diffsort_reorder.config import compose_config
     from diffsort_reorder.run.checks import check_config
 
-    cfg = compose_config([*run_overrides(tmp_path, "mamba", 64, "cpu"), "output_dir=/dev/null"])
+    root = write_photo_folder(tmp_path / "photos", 4)  # a run config's data folder is checked
+    cfg = compose_config([*run_overrides(root, "mamba", 64, "cpu"), "output_dir=/dev/null"])
     check_config(cfg)
     assert (cfg.backbone.size, cfg.data.options.image_size, cfg.data.patch_size) == (
         "base",
@@ -163,7 +164,6 @@ def test_gpu_benchmark_runs_the_base_size_configs(tmp_path):
         16,
     )
     assert cfg.trainer.amp is True and cfg.method == "row_major"
-    root = write_photo_folder(tmp_path / "photos", 4)
     tiny = {"backbone.size": "tiny", "data.options.image_size": 32}
     row = training_row(root, "txl", 4, "cpu", compile=False, **tiny)  # the real step, small
     assert (row["batch"], row["N"]) == (4, 4) and row["steps_per_s"] > 0 and row["warmup_s"] > 0

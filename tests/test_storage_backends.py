@@ -2,6 +2,7 @@
 heartbeats, the errors that mean the storage went away, the URL as messages show it). The
 backends against real servers and files are tested in test_cluster.py and test_study.py."""
 
+import optuna
 import pytest
 import sqlalchemy
 
@@ -71,3 +72,19 @@ def test_a_lost_database_is_one_line_without_the_password():
     line = backend.lost_message(err)
     assert "secret" not in line and "\n" not in line
     assert "server closed the line" in line and "run the same command again" in line
+
+
+def test_optunas_wrapping_of_a_lost_server_is_recognised_and_one_line():
+    """A PostgreSQL restart reaches the workers as Optuna's StorageInternalError (caused by
+    SQLAlchemy's OperationalError): a lost storage, said in one line, not a traceback."""
+    backend = object.__new__(PostgresBackend)
+    backend.url = "postgresql+psycopg://user:secret@db.example/study"
+    cause = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("terminating connection"))
+    try:
+        raise optuna.exceptions.StorageInternalError(
+            "An exception is raised during the commit"
+        ) from cause
+    except optuna.exceptions.StorageInternalError as err:
+        assert isinstance(err, PostgresBackend.lost)
+        line = backend.lost_message(err)
+    assert "terminating connection" in line and "secret" not in line and "\n" not in line

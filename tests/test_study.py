@@ -364,6 +364,11 @@ def test_every_study_file_composes_its_runs(tmp_path, monkeypatch, name):
     """Each study's run configs compose and its estimators start from a scan order or a prior
     (the GPU studies are given a data folder; nothing trains)."""
     forbid_training(monkeypatch)
+    if name.endswith("_gpu"):  # a study checks that its data folder holds the data, first
+        for batch in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+            (tmp_path / batch).touch()  # CIFAR-10's files
+        for split in ("train", "val"):
+            (tmp_path / split).mkdir()  # an image folder's
     cfg = compose_config(
         [f"study={name}", f"study.output_dir={tmp_path}", f"study.data_root={tmp_path}"]
         if name.endswith("_gpu")

@@ -16,6 +16,8 @@ from typing import NamedTuple
 
 from estimators.registry import Registry
 
+from . import cifar10 as _cifar10
+from . import imagefolder as _imagefolder
 from .base import ImageDataset, LazyImageDataset, PatchDataset
 from .cifar10 import cifar10
 from .digits import digits
@@ -34,8 +36,20 @@ DATASETS.register("cifar10", cifar10)
 DATASETS.register("imagefolder", imagefolder)
 
 
+# Datasets read from a local folder (``root``): a check that the folder holds them, which reads
+# nothing, so that a run or a study refuses a wrong folder before any training.
+LOCATORS = {"cifar10": _cifar10.locate, "imagefolder": _imagefolder.locate}
+
+
 def list_datasets() -> list[str]:
     return DATASETS.names()
+
+
+def check_data_root(name: str, options: dict) -> None:
+    """Raise FileNotFoundError (naming what is missing) unless dataset ``name``'s
+    ``options["root"]`` holds its files; nothing for datasets made in memory."""
+    if name in LOCATORS and options.get("root") is not None:
+        LOCATORS[name](options["root"])
 
 
 class Splits(NamedTuple):
@@ -67,6 +81,7 @@ __all__ = [
     "PlantedDataset",
     "Splits",
     "batches",
+    "check_data_root",
     "create_dataset",
     "create_splits",
     "grid_shape",

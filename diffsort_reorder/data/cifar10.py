@@ -64,6 +64,12 @@ class Cifar10Dataset(LazyImageDataset):
         return resize_images(super().to_unit(images), self.image_size)
 
 
+def locate(root: str) -> Path:
+    """The folder under ``root`` that holds the batches (nothing is read), or a
+    FileNotFoundError naming the missing files."""
+    return _find_batches(Path(root).expanduser())
+
+
 def cifar10(
     *,
     root: str,

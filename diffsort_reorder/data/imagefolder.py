@@ -92,13 +92,27 @@ class ImageFolderDataset(LazyImageDataset):
         return (images * (1.0 / (255.0 * std))).add_(-mean / std)  # (B, 3, S, S)
 
 
-def _split(root: Path, name: str, classes: list[str] | None) -> tuple[list, list[str]]:
+def _split_folder(root: Path, name: str) -> Path:
     folder = root / name
     if not folder.is_dir():
         raise FileNotFoundError(
             f"image folder split {str(folder)!r} does not exist; expected {str(root)!r} to hold "
             f"'train' and 'val' folders with one sub-folder of images per class"
         )
+    return folder
+
+
+def locate(root: str) -> Path:
+    """``root``, once it holds the ``train`` and ``val`` folders (no image is listed), or a
+    FileNotFoundError naming the one missing."""
+    base = Path(root).expanduser()
+    for name in ("train", "val"):
+        _split_folder(base, name)
+    return base
+
+
+def _split(root: Path, name: str, classes: list[str] | None) -> tuple[list, list[str]]:
+    folder = _split_folder(root, name)
     found = sorted(p.name for p in folder.iterdir() if p.is_dir())
     if classes is None:
         classes = found

@@ -21,8 +21,10 @@ from ..checks import (
     check_int,
     check_number,
     check_path,
+    check_writable,
     is_real,
 )
+from ..data import check_data_root
 from ..model import POS_EMBEDS
 from ..orders.methods import kind_of
 from .runtime import use_amp
@@ -159,6 +161,44 @@ def check_world_size(cfg: DictConfig, world_size: int, estimator=None) -> None:
         )
 
 
+def check_groups(cfg: DictConfig) -> None:
+    """``estimator=`` and ``prior=`` configure a method: refused when the method that runs does
+    not use them (``estimator=softsort`` beside ``method=row_major`` would train row_major)."""
+    est, prior, method = cfg.get("estimator"), cfg.get("prior"), cfg.method
+    if est is not None and est.name != method:
+        raise ValueError(
+            f"estimator={est.name} configures the method {est.name}, but method={method} runs; "
+            f"write method={est.name} (it selects its estimator config) or leave estimator= out"
+        )
+    starts = est.get("init") if est is not None else None
+    if prior is not None and prior.name not in (method, starts):
+        uses = f"starts from estimator.init={starts}" if est is not None else "does not use it"
+        raise ValueError(
+            f"prior={prior.name} configures the prior {prior.name}, but method={method} {uses}; "
+            f"write method={prior.name}"
+            f"{f' or estimator.init={prior.name}' if est is not None else ''}, or leave prior= out"
+        )
+
+
+def check_outputs(cfg: DictConfig) -> None:
+    """``output_dir`` and ``trainer.log_dir`` are folders this process can write into: what a
+    command checks before the work starts (a caller that builds a run without writing it, such
+    as a benchmark with ``output_dir=/dev/null``, skips it)."""
+    check_writable("output_dir", cfg.output_dir)
+    if cfg.trainer.get("log_dir") is not None:
+        check_writable("trainer.log_dir", cfg.trainer.log_dir)
+
+
+def check_data_files(data: DictConfig) -> None:
+    """A dataset read from a folder is there (nothing is read), before any training: a study
+    would otherwise fail its first trial on it."""
+    options = OmegaConf.to_container(data.get("options") or {}, resolve=True)
+    try:
+        check_data_root(data.name, options)
+    except FileNotFoundError as err:
+        raise ValueError(f"'data.options.root': {err}") from None
+
+
 def check_config(cfg: DictConfig, world_size: int = 1) -> None:
     """A run config as ``diffsort-train`` takes it: every value given, the method, the seed, the
     positional embedding, the patch size, the trainer, the estimator and, for a run on several
@@ -170,6 +210,8 @@ def check_config(cfg: DictConfig, world_size: int = 1) -> None:
     check_int("data.patch_size", cfg.data.patch_size, 1)
     check_trainer(cfg.trainer, learned and cfg.get("order") is None)
     check_path("output_dir", cfg.output_dir)
+    check_groups(cfg)
+    check_data_files(cfg.data)
     est = cfg.get("estimator")
     estimator = None if est is None else check_estimator(est)
     check_world_size(cfg, world_size, estimator)

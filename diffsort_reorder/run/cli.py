@@ -7,10 +7,11 @@ import json
 from ..cli import bad_input, run_command
 from ..config import compose_config
 from .build import prepare_run
-from .checks import check_config
+from .checks import check_config, check_outputs
 from .distributed import World, close
 from .loop import train
 from .result import RunResult
+from .rundir import RefusedCheckpoint
 
 
 def main(argv: list[str] | None = None) -> RunResult | None:
@@ -22,8 +23,10 @@ def main(argv: list[str] | None = None) -> RunResult | None:
     with bad_input():  # the config's values (before seeding reads seed=), then what it names
         world = World.from_env()
         check_config(cfg, world.size)
+        check_outputs(cfg)  # before the work, not once it is done
         run = prepare_run(cfg)
-    result = train(cfg, run=run)
+    with bad_input((RefusedCheckpoint,)):  # another config's checkpoint, or a crafted one
+        result = train(cfg, run=run)
     close()
     if world.is_main:
         print(json.dumps(result.to_json()))

@@ -12,6 +12,7 @@ composes the config from ``configs/`` and prints the result as one JSON line, la
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ from .evaluate import evaluate, example_order, readout_window
 from .log import RunLogger
 from .result import RunResult
 from .rundir import RunDir
-from .runtime import code_version, rng_state, set_rng_state, show_progress
+from .runtime import code_version, progress_lines, rng_state, set_rng_state, show_progress
 from .schedules import lr_mass, phase_at
 
 MODULES = ("model", "orderer", "optimizer", "scheduler")  # what a checkpoint holds of a Run
@@ -139,7 +140,7 @@ def fit(
             )  # the report's map
             if soft is not None:
                 log.soft_matrix(state["step"], soft)
-        bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", val_acc=f"{metrics['val_acc']:.3f}")
+        show_epoch(bar, run, metrics, time.perf_counter() - started)
         # 3. Checkpoint atomically: a crash leaves the previous epoch's file whole.
         if t.checkpoint and run.world.is_main:
             modules = {n: getattr(run, n).state_dict() for n in MODULES}
@@ -149,6 +150,18 @@ def fit(
         # 4. Tell the caller (a study's pruner may stop the run here).
         if on_epoch is not None:
             on_epoch(epoch + 1, metrics)
+
+
+def show_epoch(bar, run: Run, metrics: dict, seconds: float) -> None:
+    """An epoch's numbers on the bar; where no bar shows (``progress_lines``: no terminal, as in
+    a cluster's log file), one line on stderr instead, so that the log shows the run moving."""
+    loss, acc = f"{metrics['train_loss']:.3f}", f"{metrics['val_acc']:.3f}"
+    bar.set_postfix(loss=loss, val_acc=acc)
+    cfg = run.cfg
+    if progress_lines(cfg.trainer.progress) and run.world.is_main:
+        where = f"{cfg.method}/{cfg.backbone.name} epoch {metrics['epoch']}/{cfg.trainer.epochs}"
+        line = f"{where}: train_loss {loss}, val_acc {acc} ({seconds:.1f} s)"
+        print(line, file=sys.stderr, flush=True)
 
 
 def train(
@@ -164,8 +177,9 @@ def train(
     run = prepare_run(cfg) if run is None else run
     # 1. Resume from the last finished epoch, if a checkpoint of this config exists.
     state = {"epoch": 0, "step": 0, "best_val_acc": 0.0, "history": [], "train_seconds": 0.0}
-    if t.resume and folder.has_checkpoint():
-        state = resume(run, folder.load_checkpoint(resolved), state)
+    saved = folder.load_checkpoint(resolved) if t.resume and folder.has_checkpoint() else None
+    if saved is not None:  # None: no checkpoint, or none that reads (the run starts again)
+        state = resume(run, saved, state)
     # Every rank has read the checkpoint before rank 0 may write the next one (a barrier).
     run.world.check_same("the epoch to resume from", state["epoch"])
     main = run.world.is_main

@@ -25,22 +25,31 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    """Every global generator's state, for a checkpoint."""
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),  # noqa: NPY002
-        "random": random.getstate(),
-    }
+    """Every global generator's state, for a checkpoint: tensors and plain values only, so that
+    it loads with torch's weights-only unpickler (numpy's key is a tensor, Python's a list)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
+    npy = dict(keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
+               has_gauss=int(has_gauss), gauss=float(gauss))  # fmt: skip
+    version, internal, py_gauss = random.getstate()
+    py = {"version": version, "internal": list(internal), "gauss": py_gauss}
+    state = {"torch": torch.get_rng_state(), "numpy": npy, "random": py}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore what :func:`rng_state` saved."""
+    """Restore what :func:`rng_state` saved (or what it saved before: numpy's and Python's own
+    state tuples)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
-    random.setstate(state["random"])
+    npy, py = state["numpy"], state["random"]
+    if isinstance(npy, dict):
+        keys = npy["keys"].numpy().astype(np.uint32)
+        npy = ("MT19937", keys, npy["pos"], npy["has_gauss"], npy["gauss"])
+    if isinstance(py, dict):
+        py = (py["version"], tuple(py["internal"]), py["gauss"])
+    np.random.set_state(npy)  # noqa: NPY002
+    random.setstate(py)
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -88,3 +97,10 @@ def show_progress(setting) -> bool:
     if setting == "auto":
         return sys.stderr.isatty() and not os.environ.get("CI")
     return bool(setting)
+
+
+def progress_lines(setting) -> bool:
+    """Whether ``progress`` asks for a plain line per step of work (an epoch) instead of a bar:
+    ``auto`` where no bar shows (no terminal, CI), so that a log file still shows the work
+    moving; never with true (a bar) or false (quiet)."""
+    return setting == "auto" and not show_progress(setting)

@@ -4,12 +4,14 @@ checked by :mod:`diffsort_reorder.run.checks`."""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..backbones import list_backbones
+from ..checks import check_name, check_writable
 from ..config import compose_config, value_of
 from ..orders.methods import check_not_oracle, list_methods
 from ..run.distributed import World
+from ..run.log import flatten_config
 from .space import build_pruner, build_sampler
 
 METRICS = ("val_acc", "best_val_acc")
@@ -20,6 +22,7 @@ PROTOCOLS = ("curriculum", "retrain")
 
 def check_study(s: DictConfig) -> tuple[list[str], list[str], list[str]]:
     """Check ``study.*``; returns its methods, protocols and backbones."""
+    check_name("study.name", s.name)  # its folders, TensorBoard runs and locks are named so
     if World.from_env().size > 1:
         raise ValueError(
             f"a study runs in one process per worker, but torchrun's WORLD_SIZE is "
@@ -36,6 +39,7 @@ def check_study(s: DictConfig) -> tuple[list[str], list[str], list[str]]:
         raise ValueError(f"'study.grace_period' ({s.grace_period} s) should be longer than "
                          f"'study.heartbeat_interval' ({s.heartbeat_interval} s)")  # fmt: skip
     check_references(s)
+    check_running(s)
     if s.metric not in METRICS:
         raise ValueError(f"'study.metric' should be one of {METRICS} but got {s.metric!r}")
     build_sampler(s.sampler, s.seed), build_pruner(s.pruner)  # both check their settings
@@ -46,6 +50,19 @@ def check_study(s: DictConfig) -> tuple[list[str], list[str], list[str]]:
     if unknown:
         raise ValueError(f"'study.backbone_overrides' names unknown backbones {unknown}")
     return methods, protocols, backbones
+
+
+def check_running(s: DictConfig) -> None:
+    """How a study runs: ``study.progress`` (auto, true or false), ``study.stop_after_runs``
+    (null or an integer >= 1) and ``study.output_dir`` (a folder it can write into)."""
+    if s.progress != "auto" and not isinstance(s.progress, bool):
+        raise ValueError(f"'study.progress' should be auto, true or false but got {s.progress!r}")
+    stop = s.get("stop_after_runs")
+    if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or stop < 1):
+        raise ValueError(
+            f"'study.stop_after_runs' should be null or an integer >= 1 but got {stop!r}"
+        )
+    check_writable("study.output_dir", s.output_dir)
 
 
 def check_references(s: DictConfig) -> None:
@@ -110,3 +127,31 @@ def check_backbones(backbones, overrides) -> list[str]:
             f"names {why}: {names}"
         )
     return names
+
+
+# What a search's run config may change between invocations: where it writes, how it shows
+# progress, and the keys the search itself sets per trial.
+UNSIGNED = ("output_dir", "trainer.log_dir", "trainer.progress")
+SIGNATURE = "run_config"  # the Optuna study's user attribute holding its run config
+
+
+def check_resumed_search(search, cfg: DictConfig, searched: list[str], where: str) -> None:
+    """A search resumed from the storage ran ``cfg`` (less :data:`UNSIGNED` and the
+    ``searched`` keys); another config is refused in one line naming what changed, since its
+    trials would mix with this one's. A new search records ``cfg``."""
+    flat = flatten_config(OmegaConf.to_container(cfg, resolve=True))
+    now = {k: v for k, v in flat.items() if k not in UNSIGNED and k not in searched}
+    before = search.user_attrs.get(SIGNATURE)
+    if before is None:
+        search.set_user_attr(SIGNATURE, now)
+        return
+    changed = sorted(set(before) ^ set(now) | {k for k in now if before.get(k, now[k]) != now[k]})
+    if changed:
+        shown = ", ".join(f"{k}: {before.get(k, '-')!r} -> {now.get(k, '-')!r}"
+                          for k in changed[:3])  # fmt: skip
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise ValueError(
+            f"the study's storage holds a search of {where} with another run config ({shown}"
+            f"{more}): its trials would mix with this config's; give another 'study.name' or "
+            f"'study.output_dir', or restore the config"
+        )

@@ -11,6 +11,8 @@ import optuna
 
 from ..cli import bad_input, run_command
 from ..config import compose_config
+from ..run.rundir import RefusedCheckpoint
+from .storage.base import one_line
 from .study import Study, StudyStopped
 
 
@@ -34,12 +36,17 @@ def main(argv: list[str] | None = None) -> None:
         study = Study(cfg)
     signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop: like Ctrl-C, retried later
     try:
-        report = study.run()
+        with bad_input((RefusedCheckpoint,)):  # a run folder's crafted checkpoint
+            report = study.run()
     except StudyStopped as stop:
         print(f"{stop}; run the same command again to continue", file=sys.stderr)
         return
     except study.backend.lost as err:  # the storage went away mid-study
         print(f"error: {study.backend.lost_message(err)}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as err:  # a full disk, a read-only folder: the trial or run is run again
+        print(f"error: {one_line(err)}; nothing of it was recorded as final: free the space "
+              f"or fix the folder, then run the same command again", file=sys.stderr)  # fmt: skip
         sys.exit(1)
     print(report)
 

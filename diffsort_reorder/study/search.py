@@ -25,8 +25,23 @@ from tqdm import tqdm
 
 from .storage import quiet_experimental
 
-# Failures that end one trial (FAIL, with the reason) and let the study go on.
-TRIAL_ERRORS = (FloatingPointError, torch.OutOfMemoryError)
+# The run's own failures: a non-finite loss or gradient, out of memory, a config the run refuses
+# (a plain ValueError, as its checks raise). They end one trial (FAIL, with the reason: final)
+# and the study goes on; a seed run they end is recorded as failed. Anything else (a lost
+# storage, a full disk, a corrupt file, Ctrl-C) leaves the trial to be run again.
+TRIAL_ERRORS = (FloatingPointError, torch.OutOfMemoryError, ValueError)
+
+
+def is_final(err: BaseException) -> bool:
+    """Whether ``err`` is the run's own failure (:data:`TRIAL_ERRORS`): any FloatingPointError
+    (the estimators' NonFiniteError too) or out-of-memory error, and a ValueError only exactly,
+    as a config check raises it: its subclasses (a corrupt JSON file, a damaged or unsafe
+    checkpoint) are faults of the machine's files, not of the run."""
+    if isinstance(err, (FloatingPointError, torch.OutOfMemoryError)):
+        return True
+    return type(err) is ValueError
+
+
 POLL_SECONDS = 5.0  # how often a worker waiting for others' trials looks again
 BEATING = "beating"  # a trial's system attribute: its heartbeat has started
 
@@ -102,16 +117,17 @@ def take_trial(
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable) -> FrozenTrial:
     """Run ``objective`` on ``trial`` and tell the study how it ended (as ``optimize`` would):
-    PRUNED, FAIL for :data:`TRIAL_ERRORS` (the study goes on), else FAIL and the error raised."""
+    PRUNED, FAIL for the run's own failures (:func:`is_final`: the study goes on), else FAIL
+    and the error raised."""
     try:
         value = objective(trial)
     except optuna.TrialPruned:
         return study.tell(trial, state=TrialState.PRUNED)
-    except TRIAL_ERRORS:
-        return study.tell(trial, state=TrialState.FAIL)
-    except BaseException:  # interrupted: FAIL without a reason, so it is run again
-        study.tell(trial, state=TrialState.FAIL)
-        raise
+    except BaseException as err:
+        state = study.tell(trial, state=TrialState.FAIL)
+        if is_final(err):
+            return state
+        raise  # interrupted (FAIL without a reason): it is run again
     return study.tell(trial, value)
 
 

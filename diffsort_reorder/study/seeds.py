@@ -16,7 +16,7 @@ from ..orders.methods import learns_one_order
 from ..run.loop import train
 from ..run.result import RunResult
 from ..run.rundir import RunDir
-from .search import TRIAL_ERRORS
+from .search import TRIAL_ERRORS, is_final
 
 
 class SeedJob(NamedTuple):
@@ -94,6 +94,8 @@ def train_seed_run(cfg: DictConfig, train: Callable = train) -> tuple[RunResult,
     try:
         result = train(cfg)
     except TRIAL_ERRORS as err:
+        if not is_final(err):
+            raise  # a corrupt file, not the run's failure: not recorded, trained again
         result = RunResult.failure(cfg.seed, err)
     result.wall_seconds = round(time.perf_counter() - started, 2)
     return result, True

@@ -47,9 +47,9 @@ from ..run.checks import check_config
 from ..run.loop import train
 from ..run.result import RunResult
 from ..run.runtime import show_progress
-from .checks import check_study
+from .checks import check_resumed_search, check_study
 from .report import best_trial, write_report
-from .search import describe, search
+from .search import describe, is_final, search
 from .seeds import SeedJob, retrain_job, seed_jobs, study_seeds, task_seed_of, train_seed_run
 from .space import (
     build_pruner,
@@ -93,6 +93,11 @@ class Study:
         self.storage = self.backend.storage
         self.locks = self.backend.locks(s.name)
         self.records = self.backend.records(s.name)
+        for backbone in self.backbones:  # a resumed search ran these configs: never mixes
+            for method, space in self.spaces.items():
+                cfg = self.run_config(method, backbone, self.s.seed, "check", {})
+                check_resumed_search(self.optuna_study(method, backbone), cfg, list(space),
+                                     f"{backbone}/{method}")  # fmt: skip
         self.composed: dict[str, tuple] = {}  # seed runs' configs (seed_config)
         self.runs_done = 0
         self.bar = None
@@ -194,9 +199,11 @@ class Study:
             except optuna.TrialPruned:
                 raise
             except Exception as err:
-                # With a reason, a failed trial is final: a re-run does not retry it. Only
-                # TRIAL_ERRORS let the study go on; anything else stops it, loudly.
-                trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
+                # With a reason, a failed trial is final: a re-run does not retry it. Only the
+                # run's own failures get one; anything else stops this worker and the trial
+                # is run again with the same parameters.
+                if is_final(err):
+                    trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
                 if isinstance(err, torch.OutOfMemoryError) and torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 raise

@@ -1,18 +1,20 @@
 """``python -m diffsort_reorder.priors prior=compression_prior data=digits`` (or
 ``prior=collapse_prior``): compute a prior on a dataset's training images, print its table and
 the order over the grid, write ``order.json`` and ``order.png``, and end with one JSON line of the
-result."""
+result. Each stage (reading the images, computing, writing) says so on stderr as it starts, so that
+a log without a terminal shows the command moving."""
 
 from __future__ import annotations
 
 import functools
 import json
+import sys
 import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ...checks import check_complete, check_int
+from ...checks import check_choice, check_complete, check_int, check_writable
 from ...cli import bad_input, run_command
 from ...config import compose_config
 from ...data import create_dataset, grid_shape
@@ -34,6 +36,11 @@ def rank_grid(order, grid: tuple[int, int]) -> str:
     return "\n".join(rows)
 
 
+def stage(name: str, text: str) -> None:
+    """One line on stderr as a stage starts or ends."""
+    print(f"diffsort-priors {name}: {text}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     """``diffsort-priors prior=<name> data=<name> [key=value ...]``: compute one prior."""
     summary = "Compute a prior's patch order on a dataset's training images and draw it."
@@ -44,18 +51,23 @@ def main(argv: list[str] | None = None) -> dict | None:
     name, patch_size = cfg.prior.name, cfg.data.patch_size
     with bad_input():
         check_complete(cfg)
+        check_choice("prior.name", name, list(PRIORS))  # it names the output folder too
         check_int("seed", cfg.seed)
         check_int("data.patch_size", patch_size, 1)
         settings = OmegaConf.to_container(cfg.prior.options, resolve=True)
         max_images = check_int("prior.options.max_images", settings.pop("max_images"), 1)
+        check_writable("output_dir", cfg.output_dir)  # before the work, not once it is done
+        stage(name, f"reading up to {max_images} training images of {cfg.data.name}")
         train_set, _ = create_dataset(
             cfg.data.name, **OmegaConf.to_container(cfg.data.options, resolve=True)
         )
         images = prior_images(train_set, max_images, cfg.seed)
         grid = grid_shape(images.shape[2], images.shape[3], patch_size)
+        stage(name, f"computing it on {len(images)} images, {grid[0]}x{grid[1]} patches")
         started = time.perf_counter()
         prior = PRIORS[name](images, patch_size, **settings)
         seconds = time.perf_counter() - started
+    stage(name, f"computed in {seconds:.1f} s; writing {cfg.output_dir}")
 
     print(f"# {name} on {cfg.data.name}: {len(images)} images, {grid[0]}x{grid[1]} patches")
     print(prior.table() if name == "compression_prior" else prior.table(grid))

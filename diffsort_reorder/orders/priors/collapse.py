@@ -180,4 +180,4 @@ def collapse_prior(
         order = rank.argsort(descending=True, stable=True)
         return CollapsePrior(order, rank, dependency, image_orders, losses, settings)
 
-    return cached("collapse", images, settings, cache_dir, compute)
+    return cached("collapse", images, settings, cache_dir, compute, CollapsePrior)

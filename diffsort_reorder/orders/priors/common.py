@@ -6,13 +6,12 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 from pathlib import Path
 
 import torch
 
 from ...data import grid_shape
-from ...files import load, save_atomic
+from ...files import CorruptFileError, UnsafeFileError, load, save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +51,20 @@ def fingerprint(kind: str, images: torch.Tensor, settings: dict) -> str:
     return digest.hexdigest()[:32]
 
 
-def cached(kind: str, images: torch.Tensor, settings: dict, cache_dir, compute):
+def cached(kind: str, images: torch.Tensor, settings: dict, cache_dir, compute, result_type=None):
     """``compute()`` unless a result for the same fingerprint is on disk under ``cache_dir``
-    (``None``: the default folder, ``False``: no caching)."""
+    (``None``: the default folder, ``False``: no caching). ``result_type`` is the class of what
+    ``compute`` returns: the one class a cache file may hold besides tensors and plain values
+    (the file is read without running code)."""
     if cache_dir is False:
         return compute()
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = folder / "priors" / f"{kind}-{fingerprint(kind, images, settings)}.pt"
     if path.exists():
         try:
-            return load(path)["result"]
-        except (ModuleNotFoundError, AttributeError, pickle.UnpicklingError, EOFError,
-                RuntimeError) as err:  # fmt: skip
-            # written by another version (its classes moved) or torn: computed again
+            return load(path, [result_type] if result_type else [])["result"]
+        except (CorruptFileError, UnsafeFileError, KeyError, TypeError) as err:
+            # torn, or written by another version (its classes moved): computed again
             log.warning("prior cache %s is unreadable (%s); computing it again", path, err)
     result = compute()
     save_atomic({"kind": kind, "settings": settings, "result": result}, path)

@@ -143,4 +143,4 @@ def compression_prior(
         name = pick(scores, key=scores.get)
         return CompressionPrior(scores, intervals, name, scan_order(name, *grid), settings)
 
-    return cached("compression", images, settings, cache_dir, compute)
+    return cached("compression", images, settings, cache_dir, compute, CompressionPrior)

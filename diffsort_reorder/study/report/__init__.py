@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from ...config import to_yaml
 from ...files import write_text
 from ...orders.methods import is_per_image
+from ...redact import redacted
 from ..seeds import study_seeds, task_seed_of
 from .figures import log_pictures, write_figures
 from .markdown import (
@@ -87,7 +88,8 @@ def write_report(output_dir: Path, cfg: DictConfig, searches: dict, results: dic
     ``results``: each (protocol, backbone, method)'s seed runs; ``sources``: the run whose order
     each of them trained on; ``windows``: each backbone's readout window), so every worker of a
     study writes the same report. The pictures are drawn from the CSVs just written, and the
-    verdict picture goes to TensorBoard too (``runs/<name>/report``)."""
+    verdict picture goes to TensorBoard too (``runs/<name>/report``). A URL's password is written
+    as ``***`` (:func:`~diffsort_reorder.redact.redacted`)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     s = cfg.study
     rows = summarize(searches, results, s.metric, sources)
@@ -100,10 +102,10 @@ def write_report(output_dir: Path, cfg: DictConfig, searches: dict, results: dic
     data = next((r.data for r in rows if r.n_seeds), "?")
     figures = write_figures(output_dir, f"{cfg.study.name}: {data}")
     log_pictures(output_dir / "runs" / s.name / "report", output_dir)
-    path = write_text(
-        output_dir / "report.md", "\n".join(report_lines(cfg, rows, searches, figures))
-    )
-    write_text(output_dir / "study.yaml", to_yaml(cfg))
+    # The two files users commit: a password in study.storage (or the command line) is hidden.
+    lines = report_lines(cfg, rows, searches, figures)
+    path = write_text(output_dir / "report.md", redacted("\n".join(lines)))
+    write_text(output_dir / "study.yaml", redacted(to_yaml(cfg)))
     return path
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 import sqlalchemy
 
+from ...redact import redacted
 from ...run.result import RunResult
 
 # The pip package that provides each database driver module SQLAlchemy may ask for.
@@ -37,14 +38,16 @@ def quiet_experimental() -> Iterator[None]:
 
 
 def shown(url: str) -> str:
-    """``url`` without its password, for messages."""
+    """``url`` without its password, for messages (one SQLAlchemy cannot parse too)."""
     with contextlib.suppress(Exception):
         return sqlalchemy.make_url(url).render_as_string(hide_password=True)
-    return url
+    return redacted(url)
 
 
 def one_line(text: object) -> str:
-    return " ".join(str(text).split())
+    """``text`` on one line, without the password of any URL in it (a driver's message may
+    quote the URL)."""
+    return redacted(" ".join(str(text).split()))
 
 
 def _missing_module(err: BaseException | None) -> str | None:
@@ -114,7 +117,9 @@ class Backend:
         )
 
     def lost_message(self, err: BaseException) -> str:
-        """One line for :attr:`lost` errors."""
+        """One line for :attr:`lost` errors (Optuna wraps the driver's in StorageInternalError)."""
+        if isinstance(err, optuna.exceptions.StorageInternalError) and err.__cause__ is not None:
+            err = err.__cause__
         reason = getattr(err, "orig", None) or err
         return (
             f"lost 'study.storage' {self.shown!r} ({one_line(reason)}); run the same command "
@@ -127,7 +132,8 @@ class DatabaseBackend(Backend):
     heartbeats, file locks in ``output_dir``, so it coordinates the workers of one machine."""
 
     heartbeats = True
-    lost = (sqlalchemy.exc.OperationalError,)
+    # The server went away mid-study: SQLAlchemy's error, or Optuna's wrapping of it.
+    lost = (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError)
     engine_kwargs: dict | None = None
 
     @classmethod
