@@ -153,6 +153,8 @@ def plot_order(
     _frame(ax, _check_marks(marks, n), width, cell_pt, max(height, width))
     if numbers and n <= MAX_NUMBERED:
         _write_slots(ax, image, slots, lift=0.27 if window is not None else 0.0)
+    ax.set_xlim(-0.5, width - 0.5)  # frames larger than a patch at the edge widen nothing
+    ax.set_ylim(height - 0.5, -0.5)
     ax.set_xticks([])
     ax.set_yticks([])
     if title:

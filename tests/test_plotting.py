@@ -216,3 +216,11 @@ def test_trace_follows_only_the_first_slots(n_side, points):
     assert np.array_equal(line.get_xdata(), cols) and np.array_equal(line.get_ydata(), rows)
     plain, _ = panel(n_side, n_side, order)
     assert not [line for line in plain.lines if len(line.get_xdata()) > 1]
+
+
+def test_the_map_fills_its_panel_when_frames_are_larger_than_a_patch():
+    """At 32x32 a key frame is drawn larger than its patch; one on the edge must not widen the
+    axes beyond the grid (a white band in the panel)."""
+    fig = orders_figure({"a": torch.arange(1024)}, 32, 32, marks=[3, 1023], window=32)
+    ax = fig.axes[0]
+    assert ax.get_xlim() == (-0.5, 31.5) and ax.get_ylim() == (31.5, -0.5)
