@@ -19,13 +19,13 @@ previous design's, from which no verdict is drawn.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import re
 import sys
 from pathlib import Path
 
 from ..files import write_text
+from .report.tables import number, panels, read_csv
 
 DEFAULT_FILES = ("README.md", "studies/README.md")
 BLOCK = re.compile(r"(<!-- results: (?P<folder>[^ ]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.S)
@@ -35,24 +35,20 @@ PREVIOUS = (
 )
 
 
-def _float(text: str) -> float:
-    return float(text) if text not in ("", "nan") else math.nan
-
-
 def _pts(value: str) -> str:
-    v = _float(value)
+    v = number(value)
     return "-" if math.isnan(v) else f"{100 * v:+.1f}"
 
 
 def _interval(row: dict, delta: str, low: str, high: str, significant: str) -> str:
-    if math.isnan(_float(row[delta])):
+    if math.isnan(number(row[delta])):
         return "-"
     text = f"{_pts(row[delta])} [{_pts(row[low])}, {_pts(row[high])}]"
     return f"**{text}**" if row[significant] == "True" else text
 
 
 def _p(row: dict) -> str:
-    p, holm = _float(row["p_value"]), _float(row["p_holm"])
+    p, holm = number(row["p_value"]), number(row["p_holm"])
     return "-" if math.isnan(p) else f"{p:.3g} / {holm:.3g}"
 
 
@@ -61,27 +57,20 @@ def _success(row: dict) -> str:
     return "-" if rate == "" else f"{round(float(rate) * int(pairs))}/{pairs}"
 
 
-def _panels(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    panels: dict[tuple[str, str], list[dict]] = {}
-    for row in rows:
-        panels.setdefault((row["protocol"], row["backbone"]), []).append(row)
-    return panels
-
-
 def current_tables(rows: list[dict]) -> list[str]:
     """Per panel: test accuracy, the difference to the best fixed order (bold: Holm-adjusted
     p < 0.05), raw / adjusted p, success rate, gap to the oracle."""
     lines = []
-    for (protocol, backbone), panel in _panels(rows).items():
+    for (protocol, backbone), panel in panels(rows).items():
         best = panel[0]["best_fixed"] or "-"
         lines += [f"**{backbone}, {protocol}** (best fixed order, picked on validation: "
                   f"`{best}`)", "",
                   "| method | kind | test acc | vs best fixed (pts, 95% CI) | p / Holm p | "
                   "success | gap to oracle (pts) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
-        ranked = sorted(panel, key=lambda r: -_float(r["test_acc_mean"]) if r["n_seeds"] != "0"
+        ranked = sorted(panel, key=lambda r: -number(r["test_acc_mean"]) if r["n_seeds"] != "0"
                         else math.inf)  # fmt: skip
         for r in ranked:
-            acc = "failed" if r["n_seeds"] == "0" else f"{_float(r['test_acc_mean']):.3f}"
+            acc = "failed" if r["n_seeds"] == "0" else f"{number(r['test_acc_mean']):.3f}"
             vs = _interval(r, "delta_vs_best_fixed", "ci_low", "ci_high", "significant")
             lines.append(f"| {r['method']} | {r['kind']} | {acc} | {vs} | {_p(r)} | "
                          f"{_success(r)} | {_pts(r['gap_to_oracle'])} |")  # fmt: skip
@@ -92,12 +81,12 @@ def current_tables(rows: list[dict]) -> list[str]:
 def previous_tables(rows: list[dict]) -> list[str]:
     """A folder of the previous design: validation accuracy and the uncorrected interval."""
     lines = [PREVIOUS, ""]
-    for (protocol, backbone), panel in _panels(rows).items():
+    for (protocol, backbone), panel in panels(rows).items():
         lines += [f"**{backbone}, {protocol}**", "",
                   "| method | kind | val acc | vs row_major (pts, 95% CI, uncorrected) |",
                   "|---|---|---|---|"]  # fmt: skip
         for r in panel:
-            acc = "failed" if r["n_seeds"] == "0" else f"{_float(r['val_acc_mean']):.3f}"
+            acc = "failed" if r["n_seeds"] == "0" else f"{number(r['val_acc_mean']):.3f}"
             vs = _interval(r, "delta_vs_row_major", "delta_ci_low", "delta_ci_high",
                            "significant")  # fmt: skip
             lines.append(f"| {r['method']} | {r['kind']} | {acc} | {vs} |")
@@ -110,11 +99,10 @@ def run_line(folder: Path) -> list[str]:
     path = folder / "results_by_seed.csv"
     if not path.exists():
         return []
-    with path.open() as f:
-        lines = list(csv.DictReader(f))
+    lines = read_csv(path)
     # A run both protocols share (a fixed order's) is listed under each: count it once.
     runs = {tuple(v for k, v in line.items() if k != "protocol"): line for line in lines}
-    minutes = sum(_float(r["train_seconds"]) for r in runs.values()) / 60
+    minutes = sum(number(r["train_seconds"]) for r in runs.values()) / 60
     return [f"{len(runs)} seed runs (results_by_seed.csv, a run both protocols share counted "
             f"once), {minutes:.1f} min of training in them.", ""]  # fmt: skip
 
@@ -124,8 +112,7 @@ def render_block(root: Path, folder: str) -> str:
     path = root / folder / "results.csv"
     if not path.exists():
         raise FileNotFoundError(f"a results block names {folder!r}, which has no results.csv")
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv(path)
     current = bool(rows) and "test_acc_mean" in rows[0]
     lines = current_tables(rows) if current else previous_tables(rows)
     return "\n".join([*lines, *run_line(root / folder)]).rstrip("\n") + "\n"

@@ -84,9 +84,7 @@ class Study:
         self.output_dir = Path(s.output_dir)
         self.seeds = study_seeds(s)  # every method's: paired
         # Every run's config composes now, before any training: a bad key fails here.
-        for backbone in self.backbones:
-            for method in self.runs:
-                self.check_run_config(method, backbone)
+        checked = {(b, m): self.check_run_config(m, b) for b in self.backbones for m in self.runs}
         # Everything workers share goes through the storage: trials, finished runs, locks.
         self.backend = open_backend(s.storage, self.output_dir,
                                     (s.heartbeat_interval, s.grace_period))  # fmt: skip
@@ -95,8 +93,8 @@ class Study:
         self.records = self.backend.records(s.name)
         for backbone in self.backbones:  # a resumed search ran these configs: never mixes
             for method, space in self.spaces.items():
-                cfg = self.run_config(method, backbone, self.s.seed, "check", {})
-                check_resumed_search(self.optuna_study(method, backbone), cfg, list(space),
+                check_resumed_search(self.optuna_study(method, backbone),
+                                     checked[backbone, method], list(space),
                                      f"{backbone}/{method}")  # fmt: skip
         self.composed: dict[str, tuple] = {}  # seed runs' configs (seed_config)
         self.runs_done = 0
@@ -125,7 +123,9 @@ class Study:
         ]
         return compose_config(overrides)
 
-    def check_run_config(self, method: str, backbone: str) -> None:
+    def check_run_config(self, method: str, backbone: str) -> DictConfig:
+        """Compose and check ``method``'s run config on ``backbone`` (at the search's first
+        point); returns it."""
         params = first_point(self.spaces[method]) if method in self.spaces else {}
         try:
             cfg = self.run_config(method, backbone, self.s.seed, "check", params)
@@ -154,6 +154,7 @@ class Study:
                         raise ValueError(
                             f"'space.{method}.{key}' offers {choice!r}: {err}"
                         ) from err
+        return cfg
 
     # --- progress
     def tick(self, line: str) -> None:

@@ -218,12 +218,6 @@ def groups(rows: list[Row]) -> dict[tuple[str, str], list[Row]]:
     return out
 
 
-def by_delta(rows: list[Row]) -> list[Row]:
-    """``rows`` by their difference to row_major, lowest first (rows without one first)."""
-    return sorted(rows, key=lambda r: -math.inf if math.isnan(r.delta_vs_row_major)
-                  else r.delta_vs_row_major)  # fmt: skip
-
-
 def _csv(columns, lines: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
