@@ -84,7 +84,8 @@ class Study:
         self.output_dir = Path(s.output_dir)
         self.seeds = study_seeds(s)  # every method's: paired
         # Every run's config composes now, before any training: a bad key fails here.
-        checked = {(b, m): self.check_run_config(m, b) for b in self.backbones for m in self.runs}
+        self.checked = {(b, m): self.check_run_config(m, b)
+                        for b in self.backbones for m in self.runs}  # fmt: skip
         # Everything workers share goes through the storage: trials, finished runs, locks.
         self.backend = open_backend(s.storage, self.output_dir,
                                     (s.heartbeat_interval, s.grace_period))  # fmt: skip
@@ -94,7 +95,7 @@ class Study:
         for backbone in self.backbones:  # a resumed search ran these configs: never mixes
             for method, space in self.spaces.items():
                 check_resumed_search(self.optuna_study(method, backbone),
-                                     checked[backbone, method], list(space),
+                                     self.checked[backbone, method], list(space),
                                      f"{backbone}/{method}")  # fmt: skip
         self.composed: dict[str, tuple] = {}  # seed runs' configs (seed_config)
         self.runs_done = 0
@@ -341,6 +342,5 @@ class Study:
         for (_, backbone, method), runs in results.items():
             grid = next((r.grid for r in runs if r.grid), None)
             if grid and backbone not in windows:
-                cfg = self.run_config(method, backbone, self.s.seed, "window", {})
-                windows[backbone] = readout_window_of(cfg, tuple(grid))
+                windows[backbone] = readout_window_of(self.checked[backbone, method], tuple(grid))
         return windows
