@@ -15,6 +15,8 @@ TORCH_SPEC  ?= torch==2.15.0 torchvision==0.29.2
 TORCHSORT   ?= torchsort==0.1.10
 STAMP       := $(VENV)/.installed
 ARGS        ?=
+# pytest-xdist workers for make test (auto: one per core; each takes its share of the threads)
+TEST_JOBS   ?= auto
 
 # PATH without any directory that holds nvcc: torchsort's setup.py builds CUDA when nvcc runs.
 PATH_NO_NVCC := $(shell printf '%s' "$$PATH" | tr ':' '\n' | while read -r d; do \
@@ -58,7 +60,7 @@ postgres:
 test: install postgres
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile $(ARGS)
 
 lint: install
 	$(PY) -m ruff check .

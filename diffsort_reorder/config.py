@@ -32,7 +32,9 @@ CONFIG_MODULE = "diffsort_reorder.configs"
 # Earlier names of the prior config files, still taken by prior=<name>.
 RENAMED_PRIORS = {"compression": "compression_prior", "collapse": "collapse_prior"}
 # Trainer keys that may differ when a run resumes: how it is driven, not what it computes.
-RUNTIME_KEYS = ("resume", "stop_after_epochs", "progress", "log_dir", "num_workers")
+RUNTIME_KEYS = (
+    "resume", "stop_after_epochs", "progress", "log_dir", "num_workers", "threads"
+)  # fmt: skip
 STUDY_KEYS = ("study", "space")  # what the study command's overrides may set
 
 

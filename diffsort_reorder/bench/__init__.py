@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m diffsort_reorder.bench {data,estimators,gpu,long,train}``.
+"""Benchmarks: ``python -m diffsort_reorder.bench {data,estimators,gpu,long,study,train}``.
 
 Speed and memory targets live here, never in timed tests. ``measure`` times a forward+backward
 closure and reports its peak memory above what was allocated before it ran: on CUDA from the

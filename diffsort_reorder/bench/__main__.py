@@ -1,4 +1,4 @@
-"""``diffsort-bench {data,estimators,gpu,long,train} [--device ...] [--out results.json]`` (or
+"""``diffsort-bench {data,estimators,gpu,long,study,train} [--device ...] [--out results.json]`` (or
 ``python -m diffsort_reorder.bench``)."""
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ import torch
 from ..checks import check_writable
 from ..cli import OneLineParser
 from ..files import write_text
-from . import data, estimators, gpu, long, train
+from . import data, estimators, gpu, long, study, train
 
-BENCHMARKS = {"data": data, "estimators": estimators, "gpu": gpu, "long": long, "train": train}
+BENCHMARKS = {
+    "data": data, "estimators": estimators, "gpu": gpu, "long": long, "study": study, "train": train
+}  # fmt: skip
 SIZE = re.compile(r"[1-9][0-9]*x[1-9][0-9]*")
 
 

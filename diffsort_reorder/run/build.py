@@ -19,7 +19,7 @@ from ..model import PatchSequenceModel
 from ..orders.methods import build_orderer
 from .checks import check_config
 from .distributed import World
-from .runtime import resolve_device, seed_everything, use_amp
+from .runtime import resolve_device, seed_everything, use_amp, use_threads
 from .schedules import model_lr, policy_lr, tau_at
 
 
@@ -103,6 +103,7 @@ def build_run(cfg: DictConfig) -> Run:
     t, data_cfg, est = cfg.trainer, cfg.data, cfg.get("estimator")
     world = World.from_env()
     check_config(cfg, world.size)
+    use_threads(t.get("threads"))
     device = world.connect(resolve_device(t.device))
     options = OmegaConf.to_container(data_cfg.options, resolve=True) or {}
     train_set, val_set, test_set = create_splits(data_cfg.name, **options)

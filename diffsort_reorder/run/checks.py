@@ -62,6 +62,7 @@ TRAINER = {
     "image_every": lambda k, v: check_int(k, v, 1),
     "progress": _progress,
     "log_dir": _optional(check_path),
+    "threads": _optional(lambda k, v: check_int(k, v, 1)),
 }
 # The trainer settings that hold settings of their own, and their checks.
 SECTIONS = {

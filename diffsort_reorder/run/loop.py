@@ -185,7 +185,7 @@ def train(
     main = run.world.is_main
     version = code_version()  # once per run: a git call
     if main:  # recorded once the run is known to be this config's (a refused resume leaves them)
-        folder.write_config(cfg, version)
+        folder.write_config(cfg, version, torch.get_num_threads())
     # 2. Train the epochs left.
     log = RunLogger((t.get("log_dir") or folder.path / "tb") if main else None, run.grid)
     try:

@@ -53,10 +53,11 @@ class RunDir:
         return self.path / name
 
     # --- what ran
-    def write_config(self, cfg: DictConfig, version: str) -> None:
-        """Record the config and the code ``version`` (before the first epoch)."""
+    def write_config(self, cfg: DictConfig, version: str, threads: int | None = None) -> None:
+        """Record the config, the code ``version`` and the CPU ``threads`` the run used (before
+        the first epoch)."""
         write_text(self.file(self.CONFIG), to_yaml(cfg))
-        write_json(self.file(self.RECORD), {"code_version": version})
+        write_json(self.file(self.RECORD), {"code_version": version, "threads": threads})
 
     def holds_config(self, cfg: DictConfig) -> bool:
         """Whether the folder holds no config or ``cfg``'s (a damaged one is another's)."""

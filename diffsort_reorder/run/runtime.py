@@ -92,6 +92,38 @@ def use_amp(setting, device: torch.device) -> bool:
     raise ValueError(f"'trainer.amp' should be auto, true or false but got {setting!r}")
 
 
+def cores_available() -> int:
+    """The CPU cores this process may run on (its affinity mask: a container's or a scheduler's
+    share, not the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def choose_threads(setting=None, jobs: int = 1) -> int:
+    """``trainer.threads``: torch's intra-op CPU threads for a run. A positive integer is taken
+    as it is; null (auto) takes ``OMP_NUM_THREADS`` when set (a study's workers get their share
+    there), else the cores this process may use divided among ``jobs`` local workers."""
+    if setting is not None:
+        if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+            raise ValueError(
+                f"'trainer.threads' should be a positive integer or null (auto) but got {setting!r}"
+            )
+        return setting
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, cores_available() // max(1, jobs))
+
+
+def use_threads(setting=None, jobs: int = 1) -> int:
+    """Set torch's intra-op threads as :func:`choose_threads` says; returns the number."""
+    threads = choose_threads(setting, jobs)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
 def show_progress(setting) -> bool:
     """``progress``: ``auto`` shows bars on a terminal outside CI; true or false force it."""
     if setting == "auto":

@@ -4,15 +4,18 @@ checked by :mod:`diffsort_reorder.run.checks`."""
 
 from __future__ import annotations
 
+from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..backbones import list_backbones
 from ..checks import check_name, check_writable
-from ..config import compose_config, value_of
-from ..orders.methods import check_not_oracle, list_methods
+from ..config import RUNTIME_KEYS, compose_config, value_of
+from ..orders.methods import check_not_oracle, check_start_orders, list_methods
+from ..run.checks import check_config
 from ..run.distributed import World
 from ..run.log import flatten_config
-from .space import build_pruner, build_sampler
+from .space import build_pruner, build_sampler, first_point
+from .workers import jobs_of
 
 METRICS = ("val_acc", "best_val_acc")
 # curriculum: REOrder's (fixed order, policy, frozen order) in every seed run; retrain: the order
@@ -54,9 +57,13 @@ def check_study(s: DictConfig) -> tuple[list[str], list[str], list[str]]:
 
 def check_running(s: DictConfig) -> None:
     """How a study runs: ``study.progress`` (auto, true or false), ``study.stop_after_runs``
-    (null or an integer >= 1) and ``study.output_dir`` (a folder it can write into)."""
+    (null or an integer >= 1), ``study.jobs`` (auto or an integer >= 1), ``study.report`` (a
+    bool) and ``study.output_dir`` (a folder it can write into)."""
     if s.progress != "auto" and not isinstance(s.progress, bool):
         raise ValueError(f"'study.progress' should be auto, true or false but got {s.progress!r}")
+    jobs_of(s.get("jobs", 1))
+    if not isinstance(s.get("report", True), bool):
+        raise ValueError(f"'study.report' should be true or false but got {s.report!r}")
     stop = s.get("stop_after_runs")
     if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or stop < 1):
         raise ValueError(
@@ -129,9 +136,9 @@ def check_backbones(backbones, overrides) -> list[str]:
     return names
 
 
-# What a search's run config may change between invocations: where it writes, how it shows
-# progress, and the keys the search itself sets per trial.
-UNSIGNED = ("output_dir", "trainer.log_dir", "trainer.progress")
+# What a search's run config may change between invocations: where it writes and how it runs
+# (the trainer's runtime keys: progress, threads, ...), as for a run's own identity.
+UNSIGNED = ("output_dir", *(f"trainer.{key}" for key in RUNTIME_KEYS))
 SIGNATURE = "run_config"  # the Optuna study's user attribute holding its run config
 
 
@@ -155,3 +162,40 @@ def check_resumed_search(search, cfg: DictConfig, searched: list[str], where: st
             f"{more}): its trials would mix with this config's; give another 'study.name' or "
             f"'study.output_dir', or restore the config"
         )
+
+
+def check_run_config(method: str, backbone: str, space: dict | None, s: DictConfig, compose):
+    """Compose (``compose(point)``) and check ``method``'s run config on ``backbone`` at the
+    first point of its search ``space`` (None: not searched), and each choice of its estimator
+    settings; returns the config."""
+    params = first_point(space) if space else {}
+    try:
+        cfg = compose(params)
+    except HydraException as err:
+        where = f"'space.{method}'" if params else "'study.overrides'"
+        raise ValueError(
+            f"{where}: the {backbone} run config for {method!r} does not compose: {err}"
+        ) from err
+    check_config(cfg)
+    if s.get("task_seeds") and "task_seed" not in (cfg.data.get("options") or {}):
+        raise ValueError(
+            f"'study.task_seeds' places the keys of planted data, but data "
+            f"{cfg.data.name!r} has no 'task_seed' option; set study.task_seeds=null"
+        )
+    est = cfg.get("estimator")
+    if est is not None:
+        check_start_orders(f"{method!r}'s estimator.init", [est.init])
+    check_choices(method, space, params, compose)
+    return cfg
+
+
+def check_choices(method: str, space: dict | None, params: dict, compose) -> None:
+    """Each choice of an estimator setting in ``method``'s ``space`` (the first is ``params``'),
+    composed by ``compose(point)`` and checked, so that none fails later inside a trial."""
+    for key, spec in (space or {}).items():
+        if spec["type"] == "categorical" and key.startswith("estimator.options."):
+            for choice in spec["choices"][1:]:
+                try:
+                    check_config(compose({**params, key: choice}))
+                except ValueError as err:
+                    raise ValueError(f"'space.{method}.{key}' offers {choice!r}: {err}") from err

@@ -6,6 +6,12 @@ a new one, so every learned method gets exactly ``n_trials`` trials however many
 it. The trial's heartbeat starts, and the trial is marked as beating, before the lock is let go:
 a worker killed at any point leaves a trial that goes stale, or (killed before its first beat) an
 unmarked one the next worker to hold the lock knows has no worker; either is failed and run again.
+A new trial is sampled only once every earlier one has ended (:func:`take_trial`), so a search is
+the one a single worker runs, whatever the number of workers: they run different searches side by
+side instead (:func:`search_step` answers BUSY, and the study moves on to other work).
+A trial is stale when Optuna's heartbeat protocol says so: a database's heartbeats stopped, or a
+journal file's trial lock is free (see :mod:`.storage.files`); the next worker to hold the lock
+fails it there, where no worker is between taking a trial and proving it alive.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections.abc import Callable
 
 import optuna
 import torch
+from optuna.storages._heartbeat import is_heartbeat_enabled  # as Optuna's optimize() asks
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
@@ -44,6 +51,11 @@ def is_final(err: BaseException) -> bool:
 
 POLL_SECONDS = 5.0  # how often a worker waiting for others' trials looks again
 BEATING = "beating"  # a trial's system attribute: its heartbeat has started
+
+
+def pause() -> None:
+    """Wait :data:`POLL_SECONDS` before looking again at work other workers hold."""
+    time.sleep(POLL_SECONDS)
 
 
 def is_interrupted(trial: FrozenTrial) -> bool:
@@ -76,7 +88,8 @@ def describe(trial: FrozenTrial) -> str:
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail the trials whose worker stopped beating (database storages only)."""
+    """Fail the RUNNING trials whose worker is dead, where the storage can tell (Optuna's
+    heartbeats: a database's, a journal file's trial locks); call it under the search's lock."""
     with quiet_experimental():
         optuna.storages.fail_stale_trials(study)
 
@@ -97,17 +110,29 @@ def fail_unmarked_trials(study: optuna.Study, grace_period: float) -> None:
                 study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
 
 
+BUSY = "busy"  # take_trial: no trial to take now, though the search is not done
+
+
 def take_trial(
     study: optuna.Study, n_trials: int, sampler: Callable, grace_period: float
-) -> optuna.Trial | None:
-    """The trial this worker runs next, or None when the budget is spent; call it under the
-    search's lock. ``sampler(n)`` is the sampler to use with ``n`` trials in the storage."""
+) -> optuna.Trial | str | None:
+    """The trial this worker runs next; None when the budget is spent; :data:`BUSY` when a new
+    trial would be sampled while other workers' trials run. Call it under the search's lock.
+    ``sampler(n)`` is the sampler to use with ``n`` trials in the storage.
+
+    A new trial is sampled only once every earlier one has ended, so that it reads the same
+    history (and the pruner the same trials) whatever the number of workers: the search is the
+    one a single worker runs. A waiting trial (the defaults, a retry) has its parameters already
+    and is taken at once. Workers run different methods' searches side by side instead."""
+    fail_stale_trials(study)  # a killed worker's trial is FAIL now, and run again below
     fail_unmarked_trials(study, grace_period)
     requeue_interrupted(study)
     trials = study.get_trials(deepcopy=False)
-    waiting = any(t.state == TrialState.WAITING for t in trials)
-    if not waiting and sum(map(counts_toward_budget, trials)) >= n_trials:
-        return None
+    if not any(t.state == TrialState.WAITING for t in trials):
+        if sum(map(counts_toward_budget, trials)) >= n_trials:
+            return None
+        if any(t.state == TrialState.RUNNING for t in trials):
+            return BUSY
     # A sampler seeded by the history, so a resumed study does not redraw its points.
     study.sampler = sampler(len(trials))
     with warnings.catch_warnings():  # Optuna: heartbeats outside optimize() (we beat: storage)
@@ -131,7 +156,10 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable) -> 
     return study.tell(trial, value)
 
 
-def search(
+RAN, DONE = "ran", "done"  # search_step's other answers (and BUSY)
+
+
+def search_step(
     study: optuna.Study,
     objective: Callable,
     *,
@@ -140,48 +168,59 @@ def search(
     sampler: Callable,
     first_point: Callable[[], dict] | None,
     heartbeat: Callable | None,
-    wait_for_workers: float,
     grace_period: float,
     tick: Callable[[FrozenTrial, float], None],
-) -> optuna.Study:
-    """Run trials of ``study`` until it has ``n_trials``, then wait for other workers' running
-    trials, which may still change the best config: until they end on a database (a killed
-    worker's trial goes stale, fails and is run again, so every worker ends with the same
-    trials), up to ``wait_for_workers`` seconds on a journal (no heartbeats).
+) -> str:
+    """Run one trial of ``study`` if this worker may take one now (:data:`RAN`); else
+    :data:`BUSY` (other workers' trials run: the next to sample, or the best, waits for them)
+    or :data:`DONE` (``n_trials`` counted and none running: every worker sees the same trials).
 
     ``lock()`` is the search's lock; ``first_point()`` the parameters of the first trial (None:
-    sampled); ``heartbeat(trial_id)`` a context that beats for a trial (None: the storage keeps
-    no heartbeats); ``grace_period``: seconds after which a trial taken and never marked as
-    beating is failed (:func:`fail_unmarked_trials`); ``tick(trial, seconds)`` is told of each
-    trial this worker ran."""
-    if heartbeat is not None:
+    sampled); ``heartbeat(trial_id)`` a context that beats for a trial (None: the storage beats
+    itself, or keeps no heartbeats); ``grace_period``: seconds after which a trial taken and never
+    marked as beating is failed (:func:`fail_unmarked_trials`); ``tick(trial, seconds)`` is told
+    of each trial this worker ran."""
+    with contextlib.ExitStack() as beating:
+        with lock():
+            if first_point is not None and not study.get_trials(deepcopy=False):
+                study.enqueue_trial(first_point())
+            trial = take_trial(study, n_trials, sampler, grace_period)
+            if isinstance(trial, optuna.Trial):
+                try:
+                    if heartbeat is not None:
+                        beating.enter_context(heartbeat(trial._trial_id))
+                    study._storage.set_trial_system_attr(trial._trial_id, BEATING, True)
+                except BaseException:
+                    study.tell(trial, state=TrialState.FAIL)  # interrupted: run again
+                    raise
+        if isinstance(trial, optuna.Trial):
+            started = time.perf_counter()
+            tick(run_trial(study, trial, objective), time.perf_counter() - started)
+            return RAN
+    if trial == BUSY or study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        return BUSY
+    return DONE
+
+
+def search(study: optuna.Study, objective: Callable, *, wait_for_workers: float = math.inf,
+           **step) -> optuna.Study:  # fmt: skip
+    """Run :func:`search_step` until the search is done, waiting for other workers' trials
+    (polling every :data:`POLL_SECONDS`): until they end where the storage tells a dead worker's
+    trial (database heartbeats, a journal's trial locks: a killed worker's trial goes stale,
+    fails and is run again), else up to ``wait_for_workers`` seconds."""
+    if step.get("heartbeat") is not None or is_heartbeat_enabled(study._storage):
         wait_for_workers = math.inf
     waited = 0.0
-    while True:
-        fail_stale_trials(study)  # a killed worker's trial (database heartbeats) is FAIL now
-        with contextlib.ExitStack() as beating:
-            with lock():
-                if first_point is not None and not study.get_trials(deepcopy=False):
-                    study.enqueue_trial(first_point())
-                trial = take_trial(study, n_trials, sampler, grace_period)
-                if trial is not None:
-                    try:
-                        if heartbeat is not None:
-                            beating.enter_context(heartbeat(trial._trial_id))
-                        study._storage.set_trial_system_attr(trial._trial_id, BEATING, True)
-                    except BaseException:
-                        study.tell(trial, state=TrialState.FAIL)  # interrupted: run again
-                        raise
-            if trial is not None:
-                started = time.perf_counter()
-                tick(run_trial(study, trial, objective), time.perf_counter() - started)
-                continue
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if not running or waited >= wait_for_workers:
+    while (state := search_step(study, objective, **step)) != DONE:
+        if state == RAN:
+            continue
+        if waited >= wait_for_workers:
             return study
         if waited % 60 < POLL_SECONDS:  # say so at once, then every minute
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             numbers = ", ".join(str(t.number) for t in running)
             tqdm.write(f"{study.study_name}: waiting for running trial(s) {numbers} of other "
                        f"workers ({waited:.0f} s)", file=sys.stderr)  # fmt: skip
         time.sleep(POLL_SECONDS)
         waited += POLL_SECONDS
+    return study

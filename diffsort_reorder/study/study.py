@@ -18,51 +18,45 @@ Re-running the same command resumes: finished trials and seed runs are kept, and
 interrupted (Ctrl-C, a killed worker) is run again with its parameters from its last checkpoint. A
 trial whose loss or gradient goes non-finite, or that runs out of memory, ends FAIL with the reason
 in its ``fail_reason`` attribute, and the study goes on. Any number of workers may share a study:
-they coordinate through its storage alone (``study.storage``; see :mod:`.storage` and
-:mod:`.search`), the workers of one machine on a journal file, workers on many machines on
-PostgreSQL (the default, SQLite, is for one worker).
+they coordinate through its storage alone (``study.storage``; :mod:`.storage`, :mod:`.search`);
+``study.jobs`` starts local ones (:mod:`.workers`).
 """
 
 from __future__ import annotations
 
-import logging
+import itertools
 import sys
 import zlib
 from pathlib import Path
 
 import optuna
 import torch
-from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from ..config import compose_config, config_digest
 from ..orders.methods import (
-    check_start_orders,
     is_learned,
     learns_one_order,
 )
 from ..run.build import readout_window_of
-from ..run.checks import check_config
 from ..run.loop import train
 from ..run.result import RunResult
 from ..run.runtime import show_progress
-from .checks import check_resumed_search, check_study
+from .checks import check_resumed_search, check_run_config, check_study
 from .report import best_trial, write_report
-from .search import describe, is_final, search
-from .seeds import SeedJob, retrain_job, seed_jobs, study_seeds, task_seed_of, train_seed_run
+from .search import DONE, RAN, describe, is_final, pause, search_step
+from .seeds import SeedJob, seed_jobs, study_seeds, task_seed_of, train_seed_run
 from .space import (
     build_pruner,
     build_sampler,
     check_space,
-    first_point,
     in_space,
     override_value,
     suggest,
 )
 from .storage import open_backend
-
-log = logging.getLogger(__name__)
+from .work import collect, seed_step
 
 
 class StudyStopped(Exception):
@@ -87,11 +81,11 @@ class Study:
         self.checked = {(b, m): self.check_run_config(m, b)
                         for b in self.backbones for m in self.runs}  # fmt: skip
         # Everything workers share goes through the storage: trials, finished runs, locks.
-        self.backend = open_backend(s.storage, self.output_dir,
-                                    (s.heartbeat_interval, s.grace_period))  # fmt: skip
+        heartbeat = (s.heartbeat_interval, s.grace_period)
+        self.backend = open_backend(s.storage, self.output_dir, heartbeat, s.reconnect_seconds)
         self.storage = self.backend.storage
         self.locks = self.backend.locks(s.name)
-        self.records = self.backend.records(s.name)
+        self.records = self.backend.records(s.name, self.output_dir / "train")  # owed runs first
         for backbone in self.backbones:  # a resumed search ran these configs: never mixes
             for method, space in self.spaces.items():
                 check_resumed_search(self.optuna_study(method, backbone),
@@ -127,35 +121,8 @@ class Study:
     def check_run_config(self, method: str, backbone: str) -> DictConfig:
         """Compose and check ``method``'s run config on ``backbone`` (at the search's first
         point); returns it."""
-        params = first_point(self.spaces[method]) if method in self.spaces else {}
-        try:
-            cfg = self.run_config(method, backbone, self.s.seed, "check", params)
-        except HydraException as err:
-            where = f"'space.{method}'" if params else "'study.overrides'"
-            raise ValueError(
-                f"{where}: the {backbone} run config for {method!r} does not compose: {err}"
-            ) from err
-        check_config(cfg)
-        if self.s.get("task_seeds") and "task_seed" not in (cfg.data.get("options") or {}):
-            raise ValueError(
-                f"'study.task_seeds' places the keys of planted data, but data "
-                f"{cfg.data.name!r} has no 'task_seed' option; set study.task_seeds=null"
-            )
-        est = cfg.get("estimator")
-        if est is not None:
-            check_start_orders(f"{method!r}'s estimator.init", [est.init])
-        # Each choice of an estimator setting, so that none fails later inside a trial.
-        for key, spec in (self.spaces.get(method) or {}).items():
-            if spec["type"] == "categorical" and key.startswith("estimator.options."):
-                for choice in spec["choices"][1:]:
-                    point = {**params, key: choice}
-                    try:
-                        check_config(self.run_config(method, backbone, self.s.seed, "check", point))
-                    except ValueError as err:
-                        raise ValueError(
-                            f"'space.{method}.{key}' offers {choice!r}: {err}"
-                        ) from err
-        return cfg
+        compose = lambda point: self.run_config(method, backbone, self.s.seed, "check", point)  # noqa: E731
+        return check_run_config(method, backbone, self.spaces.get(method), self.s, compose)
 
     # --- progress
     def tick(self, line: str) -> None:
@@ -229,9 +196,10 @@ class Study:
                 point[key] = value
         return point
 
-    def search(self, method: str, backbone: str) -> optuna.Study:
-        """Search ``method``'s space on ``backbone`` until it has ``study.n_trials`` trials (all
-        workers together)."""
+    def search_step(self, method: str, backbone: str) -> str:
+        """One trial of ``method``'s search on ``backbone`` if this worker may run one now:
+        :func:`.search.search_step`'s RAN, BUSY or DONE (``study.n_trials``, all workers
+        together)."""
         base = f"{self.s.seed}/{backbone}/{method}"
 
         def sampler(n: int) -> optuna.samplers.BaseSampler:
@@ -242,7 +210,7 @@ class Study:
                       f"({seconds:.1f} s)")  # fmt: skip
 
         start = self.s.start_from_defaults
-        return search(
+        return search_step(
             self.optuna_study(method, backbone),
             self.objective(method, backbone),
             n_trials=self.s.n_trials,
@@ -250,7 +218,6 @@ class Study:
             sampler=sampler,
             first_point=(lambda: self.default_point(method, backbone)) if start else None,
             heartbeat=self.backend.heartbeat if self.backend.heartbeats else None,
-            wait_for_workers=self.s.wait_for_workers,
             grace_period=self.s.grace_period,
             tick=tick,
         )
@@ -272,9 +239,9 @@ class Study:
             if not held:
                 return None
             result, trained = self.records.get(job.key, digest), False  # done while it waited
-            if result is None:
+            if result is None:  # recorded before the lock goes (owed if the storage is down)
                 result, trained = train_seed_run(cfg, train)
-                self.records.put(job.key, digest, result)
+                self.records.put(job.key, digest, result, cfg.output_dir)
         if trained:
             summary = result.failed or f"{self.s.metric} {result.metric(self.s.metric):.3f}"
             self.tick(f"{job.backbone}/{job.method} {job.name}: {summary} "
@@ -294,47 +261,48 @@ class Study:
         s = self.s
         self.bar = tqdm(total=self.total_runs(), desc=s.name, unit="run", file=sys.stderr,
                         disable=not show_progress(s.progress))  # fmt: skip
-        searches: dict[tuple[str, str], optuna.Study] = {}
-        jobs: dict[tuple[str, str], list[SeedJob]] = {}  # (backbone, method): curriculum runs
         try:
-            for backbone in self.backbones:
-                # 1. Search every learned method (all workers share each search's budget).
-                for method in self.methods:
-                    if method in self.spaces:
-                        self.bar.set_description(f"{s.name}: search {backbone}/{method}")
-                        searches[backbone, method] = self.search(method, backbone)
-                # 2. Replicate each method's best config on every seed, every run once: here the
-                #    runs no other worker holds (those it does are waited for in 3); then each
-                #    seed's retrain on the order that seed learned, where it is known already.
-                for method in self.runs:
-                    best = best_trial(searches.get((backbone, method)))
-                    failed = method in self.spaces and best is None  # every trial failed
-                    jobs[backbone, method] = (
-                        [] if failed else seed_jobs(method, backbone, best, self.seeds)
-                    )
-                self.bar.set_description(f"{s.name}: seed runs {backbone}")
-                learned = [(job, self.seed_run(job, wait=False))
-                           for m in self.runs for job in jobs[backbone, m]]  # fmt: skip
-                if "retrain" in self.protocols:
-                    for job, result in learned:
-                        self.seed_run(retrain_job(job, result), wait=False)
+            jobs = self.work()
         finally:
             self.bar.close()
-        # 3. The report, from the storage alone (waiting for other workers' runs, or training
-        #    those a killed worker left): every worker that gets here writes the same one.
-        results: dict[tuple[str, str, str], list[RunResult]] = {}
-        sources: dict[tuple[str, str, str], list[str]] = {}
-        for (backbone, method), js in jobs.items():
-            curriculum = [self.seed_run(job) for job in js]
-            for protocol in self.protocols:
-                if protocol == "retrain" and learns_one_order(method):
-                    retrains = [retrain_job(j, r) for j, r in zip(js, curriculum, strict=True)]
-                    results[protocol, backbone, method] = [self.seed_run(j) for j in retrains]
-                else:
-                    results[protocol, backbone, method] = curriculum
-                sources[protocol, backbone, method] = [j.key for j in js]  # whose order
+        # The report, from the storage alone (waiting for other workers' runs, or training
+        # those a killed worker left): every worker that gets here writes the same one.
+        results, sources = collect(self, jobs)
+        if not s.get("report", True):  # a worker study.jobs started: the first one reports
+            return self.output_dir / "report.md"
+        searches = {(b, m): self.optuna_study(m, b) for b, m in jobs if m in self.spaces}
         return write_report(self.output_dir, self.cfg, searches, results, sources,
                             self.readout_windows(results))  # fmt: skip
+
+    def work(self) -> dict[tuple[str, str], list[SeedJob]]:
+        """This worker's share of the work: a search trial whenever one may be taken (every
+        learned method's search on every backbone, in order), else a seed run no worker holds
+        (a method's runs once its search is done; each seed's retrain once its curriculum run
+        is); with nothing to take, it looks again after a pause. Returns each (backbone,
+        method)'s curriculum runs once every search is done."""
+        searching = [(b, m) for b in self.backbones for m in self.methods if m in self.spaces]
+        jobs: dict[tuple[str, str], list[SeedJob]] = {}
+        while True:
+            state = None
+            for backbone, method in list(searching):
+                state = self.search_step(method, backbone)
+                if state == DONE:
+                    searching.remove((backbone, method))
+                elif state == RAN:
+                    break
+            if state == RAN:
+                continue
+            for key in (k for k in itertools.product(self.backbones, self.runs) if k not in jobs):
+                if key not in searching:  # a fixed order, or its search is done
+                    searched = key[1] in self.spaces
+                    best = best_trial(self.optuna_study(key[1], key[0])) if searched else None
+                    failed = searched and best is None  # every trial failed
+                    jobs[key] = [] if failed else seed_jobs(key[1], key[0], best, self.seeds)
+            if seed_step(self, jobs):
+                continue
+            if not searching:
+                return jobs
+            pause()
 
     def readout_windows(self, results: dict) -> dict[str, int | None]:
         """Each backbone's readout window on the grid its runs read (for the order maps)."""

@@ -49,7 +49,8 @@ class Row:
     (and on validation), its search's best params and trial counts, and (set per panel by
     :func:`.verdicts.add_verdicts`) its paired differences to the best fixed order (picked on
     validation), to ``row_major`` and to the oracle. ``runs`` are the finished seed runs,
-    ``failures`` ``(where, why)`` pairs."""
+    ``failures`` ``(where, why)`` pairs: failed seed runs, failed trials (a run's own failure,
+    or interrupted and never retried) and trials that never finished (RUNNING or WAITING)."""
 
     protocol: str
     method: str
@@ -181,8 +182,12 @@ def make_row(where: tuple[str, str, str], results: list[RunResult], search, metr
     best = best_trial(search)
     failed = [t for t in trials if t.state == TrialState.FAIL and not _was_retried(t, trials)]
     failures = [
-        (f"trial {t.number}", t.user_attrs.get("fail_reason", "interrupted")) for t in failed
-    ] + [(f"seed {r.seed}", r.failed) for r in results if not r.ok]
+        *((f"trial {t.number}", t.user_attrs.get("fail_reason", "interrupted (never retried)"))
+          for t in failed),
+        *((f"trial {t.number}", f"never finished ({t.state.name} when this report was written)")
+          for t in trials if not t.state.is_finished()),
+        *((f"seed {r.seed}", r.failed) for r in results if not r.ok),
+    ]  # fmt: skip
     reported = "test_acc" if runs and all(r.test_acc is not None for r in runs) else metric
     test = mean_std([r.metric(reported) for r in runs])
     val = mean_std([r.metric(metric) for r in runs])

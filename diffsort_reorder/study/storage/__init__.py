@@ -13,6 +13,9 @@ storage went away (:func:`open_backend` picks it):
 - :class:`~.postgres.PostgresBackend` (``postgresql+psycopg://user@host/db``) a cluster, with
   session advisory locks and trial heartbeats;
 - :class:`~.base.DatabaseBackend`: any other SQLAlchemy URL, for the workers of one machine.
+
+A database server that goes away (a restart) is waited for, up to ``study.reconnect_seconds``
+(:mod:`.reconnect`); then the worker stops in one line (:class:`StorageLost`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from .base import Backend, DatabaseBackend, RunRecords, quiet_experimental, shown
 from .files import JournalBackend, SQLiteBackend
 from .postgres import PostgresBackend
+from .reconnect import RECONNECT_SECONDS, StorageLost
 
 # The first that accepts a URL serves it.
 BACKENDS: tuple[type[Backend], ...] = (JournalBackend, PostgresBackend, SQLiteBackend)
@@ -33,15 +37,23 @@ def backend_class(url: str) -> type[Backend]:
 
 
 def open_backend(
-    url: str | None, output_dir: Path, heartbeat: tuple[int, int] = (10, 30)
+    url: str | None,
+    output_dir: Path,
+    heartbeat: tuple[int, int] = (10, 30),
+    reconnect_seconds: float = RECONNECT_SECONDS,
 ) -> Backend:
     """The open backend of ``study.storage`` (``url``; null: SQLite in ``output_dir``).
     ``heartbeat`` is ``(interval, grace)`` in seconds, where trials have heartbeats: a trial
-    whose worker has been silent for ``grace`` is failed, then retried."""
+    whose worker has been silent for ``grace`` is failed, then retried. A database server that
+    went away is waited for up to ``reconnect_seconds`` (``study.reconnect_seconds``)."""
+    seconds = reconnect_seconds
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+        raise ValueError(f"'study.reconnect_seconds' should be a number of seconds >= 0 but got "
+                         f"{reconnect_seconds!r}")  # fmt: skip
     if url is None:
         output_dir.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{(output_dir / 'study.db').resolve()}"
-    return backend_class(str(url))(str(url), output_dir, heartbeat)
+    return backend_class(str(url))(str(url), output_dir, heartbeat, reconnect_seconds)
 
 
 __all__ = [
@@ -52,6 +64,7 @@ __all__ = [
     "PostgresBackend",
     "RunRecords",
     "SQLiteBackend",
+    "StorageLost",
     "backend_class",
     "open_backend",
     "quiet_experimental",

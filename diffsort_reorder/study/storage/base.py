@@ -1,11 +1,12 @@
 """What every storage backend shares: the :class:`Backend` interface and the database default
-(:class:`DatabaseBackend`), file locks, trial heartbeats and the study's finished runs
-(:class:`RunRecords`)."""
+(:class:`DatabaseBackend`, whose storage rides out a server that went away: :mod:`.reconnect`),
+file locks, trial heartbeats and the study's finished runs (:class:`RunRecords`)."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import re
 import threading
@@ -16,8 +17,19 @@ from pathlib import Path
 import optuna
 import sqlalchemy
 
-from ...redact import redacted
+from ...files import write_json
 from ...run.result import RunResult
+from .reconnect import (
+    RECONNECT_SECONDS,
+    PatientStorage,
+    StorageLost,
+    lost_message,
+    one_line,
+    patiently,
+    reason,
+    shown,
+    tried_once,
+)
 
 # The pip package that provides each database driver module SQLAlchemy may ask for.
 DRIVER_PACKAGES = {
@@ -26,6 +38,7 @@ DRIVER_PACKAGES = {
     "pymysql": "pymysql",
     "MySQLdb": "mysqlclient",
 }
+OWED = "owed-record.json"  # in a run's folder: its record, until the storage holds it
 log = logging.getLogger(__name__)
 
 
@@ -35,19 +48,6 @@ def quiet_experimental() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         yield
-
-
-def shown(url: str) -> str:
-    """``url`` without its password, for messages (one SQLAlchemy cannot parse too)."""
-    with contextlib.suppress(Exception):
-        return sqlalchemy.make_url(url).render_as_string(hide_password=True)
-    return redacted(url)
-
-
-def one_line(text: object) -> str:
-    """``text`` on one line, without the password of any URL in it (a driver's message may
-    quote the URL)."""
-    return redacted(" ".join(str(text).split()))
 
 
 def _missing_module(err: BaseException | None) -> str | None:
@@ -68,10 +68,18 @@ class Backend:
     heartbeats = False
     lost: tuple[type[BaseException], ...] = ()
 
-    def __init__(self, url: str, output_dir: Path, heartbeat: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        url: str,
+        output_dir: Path,
+        heartbeat: tuple[int, int],
+        reconnect_seconds: float = RECONNECT_SECONDS,
+    ) -> None:
         self.url, self.output_dir = url, output_dir
-        try:
-            self.storage = self.open(heartbeat)
+        self.reconnect_seconds = reconnect_seconds
+        try:  # a server that says it is restarting is waited for; other errors are refused
+            self.storage = patiently(lambda: self.open(heartbeat), reconnect_seconds, self.shown,
+                                     self.restarting)  # fmt: skip
         except Exception as err:  # noqa: BLE001  (driver, SQLAlchemy, OS and Optuna errors alike)
             raise self.refusal(err) from err
 
@@ -92,12 +100,22 @@ class Backend:
         is a context that yields whether it holds lock ``name``."""
         raise NotImplementedError
 
-    def records(self, study_name: str) -> RunRecords:
-        return RunRecords(self.storage, study_name)
+    def records(self, study_name: str, folder: Path | None = None) -> RunRecords:
+        """The study's finished runs; those that finished in ``folder`` (this worker's runs) but
+        are not recorded yet are recorded first (:meth:`RunRecords.settle`)."""
+        records = RunRecords(self.storage, study_name)
+        if folder is not None:
+            records.settle(folder)
+        return records
 
     def heartbeat(self, trial_id: int):
         """A context that records ``trial_id``'s heartbeat while it runs (nothing without)."""
         return contextlib.nullcontext()
+
+    def restarting(self, err: BaseException) -> bool:
+        """Whether ``err``, met opening the storage, says its server is restarting (worth
+        waiting for), not that the URL is wrong."""
+        return False
 
     def refusal(self, err: BaseException) -> ValueError:
         """What went wrong opening the storage, said so the user knows what to do."""
@@ -117,14 +135,9 @@ class Backend:
         )
 
     def lost_message(self, err: BaseException) -> str:
-        """One line for :attr:`lost` errors (Optuna wraps the driver's in StorageInternalError)."""
-        if isinstance(err, optuna.exceptions.StorageInternalError) and err.__cause__ is not None:
-            err = err.__cause__
-        reason = getattr(err, "orig", None) or err
-        return (
-            f"lost 'study.storage' {self.shown!r} ({one_line(reason)}); run the same command "
-            f"again to continue"
-        )
+        """One line for :attr:`lost` errors (Optuna wraps the driver's in StorageInternalError;
+        :class:`StorageLost` has its line)."""
+        return str(err) if isinstance(err, StorageLost) else lost_message(self.shown, err)
 
 
 class DatabaseBackend(Backend):
@@ -132,9 +145,11 @@ class DatabaseBackend(Backend):
     heartbeats, file locks in ``output_dir``, so it coordinates the workers of one machine."""
 
     heartbeats = True
-    # The server went away mid-study: SQLAlchemy's error, or Optuna's wrapping of it.
+    # The server went away mid-study (for longer than study.reconnect_seconds: StorageLost):
+    # SQLAlchemy's error, or Optuna's wrapping of it.
     lost = (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError)
     engine_kwargs: dict | None = None
+    storage_class: type[PatientStorage] = PatientStorage
 
     @classmethod
     def accepts(cls, url: str) -> bool:
@@ -142,10 +157,11 @@ class DatabaseBackend(Backend):
 
     def open(self, heartbeat: tuple[int, int]) -> optuna.storages.BaseStorage:
         interval, grace = heartbeat
+        engine_kwargs = {"pool_pre_ping": True, **(self.engine_kwargs or {})}
         with quiet_experimental():
-            return optuna.storages.RDBStorage(self.url, heartbeat_interval=interval,
-                                              grace_period=grace,
-                                              engine_kwargs=self.engine_kwargs)  # fmt: skip
+            return self.storage_class(self.url, self.reconnect_seconds,
+                                      heartbeat_interval=interval, grace_period=grace,
+                                      engine_kwargs=engine_kwargs)  # fmt: skip
 
     def locks(self, namespace: str) -> FileLocks:
         where = self.output_dir
@@ -183,17 +199,28 @@ class FileLocks:
 @contextlib.contextmanager
 def heartbeat(storage, trial_id: int) -> Iterator[None]:
     """Record ``trial_id``'s heartbeat every interval while the block runs (what Optuna's
-    ``optimize`` does; a study asks for its trials itself, see :mod:`..search`)."""
+    ``optimize`` does; a study asks for its trials itself, see :mod:`..search`). A beat that
+    does not reach the storage is tried once (the next one tries again), so the block's end
+    never waits for the storage; one warning when beats fail, one when they go through again."""
     interval = storage.get_heartbeat_interval()
     storage.record_heartbeat(trial_id)
     stop = threading.Event()
 
     def beat() -> None:
+        failing = False
         while not stop.wait(interval):
             try:
-                storage.record_heartbeat(trial_id)
+                with tried_once():
+                    storage.record_heartbeat(trial_id)
             except Exception as err:  # noqa: BLE001  (a dropped connection: keep trying)
-                log.warning("trial %d: heartbeat not recorded (%s); retrying", trial_id, err)
+                if not failing:
+                    log.warning("trial %d: heartbeat not recorded (%s); trying every %g s",
+                                trial_id, reason(err), interval)  # fmt: skip
+                failing = True
+                continue
+            if failing:
+                log.warning("trial %d: heartbeat recorded again", trial_id)
+            failing = False
 
     thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
     thread.start()
@@ -230,7 +257,34 @@ class RunRecords:
             return None
         return RunResult.from_json(record["result"])
 
-    def put(self, key: str, digest: str, result: RunResult) -> None:
+    def put(self, key: str, digest: str, result: RunResult, folder: str | Path | None = None):
+        """Record ``result`` as run ``key``'s. With the run's ``folder``, the record is written
+        there first (``owed-record.json``) and removed once the storage holds it, so that a
+        worker stopped in between (the storage down for longer than study.reconnect_seconds)
+        records it when it starts again (:meth:`settle`), and no worker trains the run again."""
         record = {"digest": digest, "result": result.to_json()}
+        owed = Path(folder) / OWED if folder is not None else None
+        if owed is not None:
+            write_json(owed, {"key": key, **record})
         self.study.set_user_attr(key, record)
         self.known[key] = record
+        if owed is not None:
+            owed.unlink()
+
+    def settle(self, folder: Path) -> list[str]:
+        """Record the runs that finished under ``folder`` but were not recorded (their
+        ``owed-record.json``); a run the storage holds a record of already, of any config (the
+        best config may have changed since), keeps it. Returns the keys recorded."""
+        settled = []
+        for path in sorted(Path(folder).rglob(OWED)):
+            try:
+                owed = json.loads(path.read_text())
+            except ValueError as err:  # damaged: the run's own folder still holds its result
+                log.warning("%r is damaged (%s): skipped", str(path), err)
+                continue
+            if owed["key"] not in self.study.user_attrs:
+                self.put(owed["key"], owed["digest"], RunResult.from_json(owed["result"]))
+                log.info("recorded %s, which finished here but was not recorded", owed["key"])
+                settled.append(owed["key"])
+            path.unlink()
+        return settled
