@@ -181,3 +181,20 @@ def test_gpu_benchmark_helpers():
     if torch.cuda.device_count() < 2:
         row = ddp_row(Path("/nonexistent"), Path("/nonexistent"))
         assert row["ddp"] == "skipped" and "needs 2 GPUs" in row["reason"]
+
+
+def test_study_benchmark_composes_the_default_studys_run_shape(tmp_path):
+    """A ``bench study`` worker's run config: the default study's overrides, softsort, the seed
+    it is given; a folder named after a case as it is (commas, spaces) would not compose, which
+    is why the cases' folders are slugs."""
+    from diffsort_reorder.bench import study as bench_study
+    from diffsort_reorder.config import compose_config
+
+    folder = tmp_path / "2 runs side by side, spinning"
+    overrides = bench_study.run_shape(folder, 7)
+    study = compose_config([], config_name="study").study
+    assert overrides[: len(study.overrides)] == list(study.overrides)
+    cfg = compose_config(bench_study.run_shape(tmp_path / "run", 7))
+    assert cfg.method == "softsort" and cfg.seed == 7 and cfg.data.name == "planted"
+    with pytest.raises(Exception, match="multirun"):  # why case() names folders by a slug
+        compose_config(overrides)

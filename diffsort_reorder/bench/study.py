@@ -75,7 +75,8 @@ def start(runs: int, folder: Path, seed: int, threads: int | None, wait_policy: 
 
 def case(name: str, workers: int, runs: int, root: Path, threads=None, wait_policy=None) -> dict:
     """Start ``workers`` workers at once; the case's runs a minute and seconds per run."""
-    procs = [start(runs, root / f"{name}-{w}", 1000 * w, threads, wait_policy)
+    slug = "".join(c if c.isalnum() else "-" for c in name)  # a folder name Hydra reads whole
+    procs = [start(runs, root / f"{slug}-{w}", 1000 * w, threads, wait_policy)
              for w in range(workers)]  # fmt: skip
     per_run: list[float] = []
     totals = []
