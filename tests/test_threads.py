@@ -105,3 +105,21 @@ def test_the_workers_a_study_starts_run_its_command_with_one_job_each(tmp_path, 
     assert command[3:5] == ["study=smoke", "study.jobs=2"]
     assert command[5:] == ["study.jobs=1", "study.report=false", "study.progress=false"]
     assert workers.environment()["OMP_NUM_THREADS"] == "2"
+
+
+def test_a_search_resumes_across_runtime_keys_older_versions_recorded(tmp_path):
+    """A search's stored run config (``run_config``) may hold trainer keys that only say how a
+    run is driven (threads, num_workers, resume): another value, or one an older version
+    recorded and this one leaves out, is not another config."""
+    import optuna
+
+    from diffsort_reorder.study.checks import SIGNATURE, check_resumed_search
+
+    search = optuna.create_study()
+    check_resumed_search(search, tiny(tmp_path, "trainer.threads=1"), [], "txl/softsort")
+    stored = search.user_attrs[SIGNATURE]
+    assert "trainer.threads" not in stored and "trainer.epochs" in stored
+    search.set_user_attr(SIGNATURE, {**stored, "trainer.resume": True, "trainer.num_workers": 0})
+    check_resumed_search(search, tiny(tmp_path, "trainer.threads=2"), [], "txl/softsort")
+    with pytest.raises(ValueError, match=r"another run config \(trainer.epochs: 2 -> 3"):
+        check_resumed_search(search, tiny(tmp_path, "trainer.epochs=3"), [], "txl/softsort")

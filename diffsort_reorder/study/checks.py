@@ -152,6 +152,7 @@ def check_resumed_search(search, cfg: DictConfig, searched: list[str], where: st
     if before is None:
         search.set_user_attr(SIGNATURE, now)
         return
+    before = {k: v for k, v in before.items() if k not in UNSIGNED}  # recorded by older versions
     changed = sorted(set(before) ^ set(now) | {k for k in now if before.get(k, now[k]) != now[k]})
     if changed:
         shown = ", ".join(f"{k}: {before.get(k, '-')!r} -> {now.get(k, '-')!r}"
