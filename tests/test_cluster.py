@@ -13,22 +13,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 from postgres import free_port
+from tiny_runs import SMALL
 
 from diffsort_reorder.study.storage import open_backend
 from diffsort_reorder.study.study import Study
 
 ROOT = Path(__file__).resolve().parent.parent
-# A small study: one fixed order and one learned method, curriculum only, no pruning, no oracle.
-SMALL = [
-    "study=smoke",
-    "study.methods=[row_major,softsort]",
-    "study.protocol=curriculum",
-    "study.oracle=false",
-    "study.pruner.name=none",
-    "study.progress=false",
-    "study.heartbeat_interval=1",
-    "study.grace_period=3",
-]
 
 
 def start_worker(folder: Path, url: str, *overrides: str) -> subprocess.Popen:

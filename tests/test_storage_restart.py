@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 from postgres import Server
+from tiny_runs import SMALL
 
 from diffsort_reorder.config import compose_config
 from diffsort_reorder.run.result import RunResult
@@ -23,17 +24,6 @@ from diffsort_reorder.study.search import fail_stale_trials
 from diffsort_reorder.study.storage import PostgresBackend, open_backend, postgres
 from diffsort_reorder.study.study import Study
 
-# As tests/test_cluster.py: one fixed order and one learned method (3 trials), 2 seeds.
-SMALL = [
-    "study=smoke",
-    "study.methods=[row_major,softsort]",
-    "study.protocol=curriculum",
-    "study.oracle=false",
-    "study.pruner.name=none",
-    "study.progress=false",
-    "study.heartbeat_interval=1",
-    "study.grace_period=3",
-]
 SEED_RUNS = [f"txl/{m}/seed-{s}" for m in ("row_major", "softsort") for s in (1, 2)]
 
 

@@ -19,3 +19,17 @@ TINY = [
 def tiny(tmp_path, *overrides):
     """The tiny run config writing into ``tmp_path``, with ``overrides`` last."""
     return compose_config([*TINY, f"output_dir={tmp_path}", *overrides])
+
+
+# A small study for the cluster and restart tests: one fixed order and one learned method (3
+# trials), curriculum only, no pruning, no oracle, quick heartbeats.
+SMALL = [
+    "study=smoke",
+    "study.methods=[row_major,softsort]",
+    "study.protocol=curriculum",
+    "study.oracle=false",
+    "study.pruner.name=none",
+    "study.progress=false",
+    "study.heartbeat_interval=1",
+    "study.grace_period=3",
+]
