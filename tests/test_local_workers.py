@@ -80,3 +80,19 @@ def test_two_local_workers_give_one_workers_results(tmp_path):
             trials = optuna.load_study(study_name=f"smoke/txl/{method}", storage=storage).trials
             assert len(trials) == 2
             assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+
+
+def test_a_trial_another_worker_failed_meanwhile_keeps_that_state():
+    """A worker cut off from the storage longer than the grace period finds its trial failed
+    (and retried) by another: telling its result must not raise, and the FAIL stands."""
+    from diffsort_reorder.study.search import run_trial
+
+    study = optuna.create_study()
+    trial = study.ask()
+
+    def objective(t):
+        study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)  # the other
+        return 0.5
+
+    ended = run_trial(study, trial, objective)
+    assert ended.state == TrialState.FAIL and study.trials[0].state == TrialState.FAIL

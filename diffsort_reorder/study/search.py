@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import math
 import sys
 import time
@@ -143,17 +144,19 @@ def take_trial(
 def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable) -> FrozenTrial:
     """Run ``objective`` on ``trial`` and tell the study how it ended (as ``optimize`` would):
     PRUNED, FAIL for the run's own failures (:func:`is_final`: the study goes on), else FAIL
-    and the error raised."""
+    and the error raised. A trial another worker failed meanwhile (this worker's storage was
+    out of reach for longer than the grace period, so it was run again) keeps that state."""
+    tell = functools.partial(study.tell, trial, skip_if_finished=True)
     try:
         value = objective(trial)
     except optuna.TrialPruned:
-        return study.tell(trial, state=TrialState.PRUNED)
+        return tell(state=TrialState.PRUNED)
     except BaseException as err:
-        state = study.tell(trial, state=TrialState.FAIL)
+        state = tell(state=TrialState.FAIL)
         if is_final(err):
             return state
         raise  # interrupted (FAIL without a reason): it is run again
-    return study.tell(trial, value)
+    return tell(value)
 
 
 RAN, DONE = "ran", "done"  # search_step's other answers (and BUSY)
