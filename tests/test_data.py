@@ -10,6 +10,7 @@ from PIL import Image
 from diffsort_reorder.data import (
     batches,
     create_dataset,
+    create_splits,
     key_recall,
     list_datasets,
     patchify,
@@ -207,15 +208,22 @@ def write_cifar(folder, per_batch=4):
             pickle.dump(batch, f)
 
 
+def image_ids(dataset):
+    """Each image's id in ``write_cifar`` (its pixel (0, 0, 0)), in the split's order."""
+    units = dataset.unit_images(torch.arange(len(dataset)))  # (M, 3, 32, 32) in [0, 1]
+    return (units[:, 0, 0, 0] * 255).round().long().tolist()
+
+
 def test_cifar10_reads_the_python_batches(tmp_path):
     write_cifar(tmp_path / "cifar-10-batches-py")
-    train, val = create_dataset("cifar10", root=str(tmp_path))  # finds the nested folder
-    assert len(train) == 20 and len(val) == 4
+    train, val, test = create_splits("cifar10", root=str(tmp_path))  # finds the nested folder
+    assert (len(train), len(val), len(test)) == (10, 10, 4)  # 1 of each class's 2 held out
     assert train.image_shape == (3, 32, 32) and train.num_classes == 10
-    image, label = train[7]
-    assert label == 7
-    assert image[2, 5, 9] == pytest.approx((7 + 2 + 5 + 9) / 255.0)
-    assert val[1][0][0, 0, 0] == pytest.approx(21 / 255.0) and val[1][1] == 1
+    i = image_ids(train)[3]
+    image, label = train[3]
+    assert label == i % 10
+    assert image[2, 5, 9] == pytest.approx((i + 2 + 5 + 9) / 255.0)
+    assert test[1][0][0, 0, 0] == pytest.approx(21 / 255.0) and test[1][1] == 1
     small, _ = create_dataset("cifar10", root=str(tmp_path), image_size=16, train_limit=6)
     assert len(small) == 6 and small.image_shape == (3, 16, 16)
     assert small[4][0].shape == (3, 16, 16)
@@ -231,13 +239,48 @@ def test_cifar10_batches_come_through_the_dataloader(tmp_path):
         return list(batches(train, 6, torch.Generator().manual_seed(1), num_workers=workers))
 
     reference = epoch(0)
-    order = torch.randperm(20, generator=torch.Generator().manual_seed(1))
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(1))
     assert torch.equal(
         torch.cat([x for x, _ in reference]), torch.stack([train[int(i)][0] for i in order])
     )
-    assert torch.equal(torch.cat([y for _, y in reference]), order % 10)
+    assert torch.equal(torch.cat([y for _, y in reference]), train.labels[order])
     for (x0, y0), (x1, y1) in zip(reference, epoch(2), strict=True):
         assert torch.equal(x0, x1) and torch.equal(y0, y1)
+
+
+def test_cifar10_tests_on_test_batch_and_selects_on_training_images_held_out(tmp_path):
+    """test: test_batch, whole; val: images of the training batches, drawn per class and
+    removed from train; the limits cap each split."""
+    write_cifar(tmp_path / "c", per_batch=10)  # 50 training images, 5 of each class; 10 test
+    root = str(tmp_path / "c")
+    train, val, test = create_splits("cifar10", root=root, val_fraction=0.4)
+    assert image_ids(test) == list(range(50, 60)) and test.labels.tolist() == list(range(10))
+    assert sorted(image_ids(train) + image_ids(val)) == list(range(50))  # disjoint, all of them
+    assert len(val) == 20 and sorted(val.labels.tolist()) == sorted(list(range(10)) * 2)
+    assert [i % 10 for i in image_ids(val)] == val.labels.tolist()  # each with its own label
+    assert len(create_splits("cifar10", root=root).val) == 10  # default 0.1: at least 1 a class
+    limits = dict(train_limit=7, val_limit=3, test_limit=4)
+    small = create_splits("cifar10", root=root, val_fraction=0.4, **limits)
+    assert image_ids(small.train) == image_ids(train)[:7]
+    assert image_ids(small.val) == image_ids(val)[:3]
+    assert image_ids(small.test) == list(range(50, 54))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [(dict(val_fraction=1.0), r"'val_fraction' should lie in \(0, 1\) but got 1.0"),
+     (dict(val_fraction="0.1"), r"'val_fraction' should lie in \(0, 1\) but got '0.1'"),
+     (dict(val_fraction=0.95), r"class 'airplane' has 5 training images: too few to hold out 5 "
+                               r"for val \(val_fraction=0.95\) and keep one for training"),
+     (dict(split_seed=-1), "'split_seed' should be an integer >= 0 but got -1"),
+     (dict(val_limit=0), "'val_limit' should be an integer >= 1 but got 0"),
+     (dict(test_limit=1.5), "'test_limit' should be an integer >= 1 but got 1.5"),
+     (dict(train_limit=True), "'train_limit' should be an integer >= 1 but got True")],
+)  # fmt: skip
+def test_cifar10_bad_split_options_are_refused_in_words(tmp_path, options, message):
+    write_cifar(tmp_path / "c", per_batch=10)
+    with pytest.raises(ValueError, match=message):
+        create_splits("cifar10", root=str(tmp_path / "c"), **options)
 
 
 def test_cifar10_missing_files_are_named(tmp_path):
@@ -262,11 +305,11 @@ def write_folder(root):
 
 def test_imagefolder_reads_classes_and_resizes(tmp_path):
     write_folder(tmp_path)
-    train, val = create_dataset("imagefolder", root=str(tmp_path), image_size=16)
+    train, val, test = create_splits("imagefolder", root=str(tmp_path), image_size=16)
     assert train.classes == ["cat", "dog"] and train.num_classes == 2
-    assert len(train) == 6 and len(val) == 2
-    assert train.labels.tolist() == [0, 0, 0, 1, 1, 1]
-    image, label = train[4]
+    assert (len(train), len(val), len(test)) == (4, 2, 2)  # 1 of each class's 3 held out
+    assert train.labels.tolist() == [0, 0, 1, 1] and test.labels.tolist() == [0, 1]
+    image, label = train[3]
     assert image.shape == (3, 16, 16) and label == 1
     blue = (torch.tensor([0.0, 0.0, 1.0]) - torch.tensor(IMAGENET_MEAN)) / torch.tensor(
         IMAGENET_STD

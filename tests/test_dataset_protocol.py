@@ -1,18 +1,25 @@
 """The dataset protocol (``PatchDataset``): what a run, a loader and a prior ask of every dataset,
 asked of every registered one, and the members a planted dataset adds."""
 
+import pickle
+
 import pytest
 import torch
+from omegaconf import OmegaConf
+from PIL import Image
+from test_data import image_ids, write_cifar  # small CIFAR-10 batches, each image's id
 
-from diffsort_reorder.data import PatchDataset, create_dataset, list_datasets
+from diffsort_reorder.config import compose_config
+from diffsort_reorder.data import PatchDataset, create_dataset, create_splits, list_datasets
 from diffsort_reorder.data.planted import key_recall
+from diffsort_reorder.run.loop import train
 
 SMALL = {
     "planted": {"num_train": 8, "num_val": 4, "grid_size": 4},
     "planted_moving": {"num_train": 8, "num_val": 4, "grid_size": 4},
     "digits": {},
 }
-NEEDS_FILES = {"cifar10", "imagefolder"}  # read from a local folder: tested in test_data.py
+NEEDS_FILES = {"cifar10", "imagefolder"}  # read from a local folder: files made below
 
 
 def test_every_dataset_is_small_here_or_read_from_files():
@@ -115,3 +122,88 @@ def test_majority_label_rewards_every_key_in_view():
         create_splits("planted", **SMALL["planted"], label="mode")
     with pytest.raises(ValueError, match="'num_classes' should be 2"):
         create_splits("planted", **SMALL["planted"], label="majority", num_classes=3)
+
+
+# --- cifar10 and imagefolder: test on the dataset's test files, select on held-out training images
+
+
+def write_classes(root, train=5, test=2):
+    """``root/train/<class>/`` (each image a colour of its own) and ``root/val/<class>/`` (one
+    grey picture for every image of every class), classes 'cat' and 'dog'."""
+    for split, count in (("train", train), ("val", test)):
+        for c, cls in enumerate(("cat", "dog")):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(count):
+                rgb = (128, 128, 128) if split == "val" else (200 * c, 20 * i, 50)
+                Image.new("RGB", (12, 10), rgb).save(root / split / cls / f"{i}.png")
+
+
+def files(split, root):
+    return [str(path.relative_to(root)) for path, _ in split.samples]
+
+
+def test_imagefolder_tests_on_root_val_and_selects_on_train_images_held_out(tmp_path):
+    write_classes(tmp_path)
+    train, val, test = create_splits("imagefolder", root=str(tmp_path), val_fraction=0.4)
+    assert files(test, tmp_path) == ["val/cat/0.png", "val/cat/1.png", "val/dog/0.png",
+                                     "val/dog/1.png"]  # fmt: skip
+    every = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "train").rglob("*.png"))
+    assert sorted(files(train, tmp_path) + files(val, tmp_path)) == every  # disjoint, all
+    assert val.labels.tolist() == [0, 0, 1, 1] and len(train) == 6  # 2 of each class's 5
+    assert (train.flip, val.flip, test.flip) == (True, False, False)  # flips on train only
+    assert len(create_splits("imagefolder", root=str(tmp_path)).val) == 2  # 0.01: 1 a class
+
+
+@pytest.mark.parametrize(
+    "train_images, options, message",
+    [(5, dict(val_fraction=0.0), r"'val_fraction' should lie in \(0, 1\) but got 0.0"),
+     (5, dict(split_seed=1.5), "'split_seed' should be an integer >= 0 but got 1.5"),
+     (5, dict(val_fraction=0.95), r"class 'cat' has 5 training images: too few to hold out 5 for "
+                                  r"val \(val_fraction=0.95\) and keep one for training"),
+     (1, {}, r"class 'cat' has 1 training image: too few to hold out 1 for val "
+             r"\(val_fraction=0.01\)")],
+)  # fmt: skip
+def test_bad_imagefolder_splits_are_refused_in_words(tmp_path, train_images, options, message):
+    write_classes(tmp_path, train=train_images)
+    with pytest.raises(ValueError, match=message):
+        create_splits("imagefolder", root=str(tmp_path), **options)
+
+
+def write_data(name, root):
+    """Small files of dataset ``name`` whose test images are one picture, once per class."""
+    if name == "imagefolder":
+        return write_classes(root, train=10)
+    write_cifar(root, per_batch=10)
+    with (root / "test_batch").open("rb") as f:
+        batch = pickle.load(f)
+    batch[b"data"][:] = batch[b"data"][0]  # every test image the same, labels 0 to 9
+    with (root / "test_batch").open("wb") as f:
+        pickle.dump(batch, f)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagefolder"])
+def test_held_out_val_is_the_same_for_every_run_seed_and_moves_with_split_seed(tmp_path, name):
+    write_data(name, tmp_path / "data")
+
+    def val(*overrides):
+        cfg = compose_config([f"data={name}", f"data.options.root={tmp_path / 'data'}", *overrides])
+        split = create_splits(name, **OmegaConf.to_container(cfg.data.options, resolve=True)).val
+        return image_ids(split) if name == "cifar10" else files(split, tmp_path / "data")
+
+    assert val("seed=1") == val("seed=2") == val("seed=3", "data.options.split_seed=0")
+    assert val("seed=1", "data.options.split_seed=1") != val("seed=1")
+
+
+@pytest.mark.parametrize("name, classes", [("cifar10", 10), ("imagefolder", 2)])
+def test_a_run_reports_the_accuracy_of_the_test_files(tmp_path, name, classes):
+    """Every test image is one picture, once per class: whatever the model learned, its test
+    accuracy is 1 / classes exactly."""
+    write_data(name, tmp_path / "data")
+    result = train(compose_config([
+        "trainer=debug", "trainer.progress=false", f"data={name}",
+        f"data.options.root={tmp_path / 'data'}", "data.options.image_size=16",
+        "data.patch_size=4", "+backbone.options.dim=32", "+backbone.options.depth=1",
+        "trainer.batch_size=8", f"output_dir={tmp_path / 'run'}",
+    ]))  # fmt: skip
+    assert result.finished and result.test_acc == pytest.approx(1 / classes, abs=1e-9)
+    assert result.val_acc is not None

@@ -24,8 +24,9 @@ from diffsort_reorder.run.loop import train
 GREY_LEVEL = 1 / 255 / min(IMAGENET_STD)  # one uint8 step, normalised
 
 
-def write_photos(root, per_class=(10, 3)):
-    """Two classes of noisy RGB images of mixed sizes, train and val."""
+def write_photos(root, per_class=(11, 3)):
+    """Two classes of noisy RGB images of mixed sizes in train (one of each class's 11 is held out
+    for val: 20 to train) and val (the test split)."""
     rng = np.random.default_rng(0)
     for split, count in zip(("train", "val"), per_class, strict=True):
         for cls, base in (("dark", 60), ("light", 190)):
@@ -73,9 +74,11 @@ def test_each_rank_reads_its_part_of_every_batch_flips_included(tmp_path):
 
 
 def test_each_rank_evaluates_its_contiguous_part_of_the_set(tmp_path):
-    """Validation under DDP: every image once over the ranks, in whole batches, none dropped."""
+    """Evaluation under DDP: every image once over the ranks, in whole batches, none dropped."""
+    from diffsort_reorder.data import create_splits
+
     write_photos(tmp_path)
-    _, val_set = create_dataset("imagefolder", root=str(tmp_path), image_size=16)  # 6 images
+    val_set = create_splits("imagefolder", root=str(tmp_path), image_size=16).test  # 6 images
     with BatchLoader(val_set, 2) as loader:
         whole = torch.cat([x for x, _ in loader.epoch(None)])
     parts = []
@@ -111,19 +114,22 @@ def test_train_images_are_flipped_by_seed_epoch_and_index(tmp_path):
 
 def test_images_match_torchvision_transforms(tmp_path):
     """A real photo through our loader and through torchvision's ImageNet recipe."""
+    from diffsort_reorder.data import create_splits
+
     photo = load_sample_images().images[0][:120:, 100:300]  # (120, 200, 3)
     for split in ("train", "val"):
         (tmp_path / split / "photo").mkdir(parents=True)
         Image.fromarray(photo).save(tmp_path / split / "photo" / "0.png")
+    Image.fromarray(photo).save(tmp_path / "train" / "photo" / "1.png")  # one held out for val
     for image_size, resize_size in [(16, None), (224, None), (32, 100)]:
-        _, val_set = create_dataset(
+        test_set = create_splits(
             "imagefolder", root=str(tmp_path), image_size=image_size, resize_size=resize_size
-        )
+        ).test
         recipe = T.Compose([T.Resize(resize_size or round(image_size * 256 / 224)),
                             T.CenterCrop(image_size), T.ToTensor(),
                             T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])  # fmt: skip
         expected = recipe(Image.fromarray(photo))
-        image = val_set[0][0]
+        image = test_set[0][0]
         assert image.shape == expected.shape == (3, image_size, image_size)
         assert (image - expected).abs().max() <= GREY_LEVEL * 1.001
 

@@ -22,6 +22,8 @@ import torch
 from PIL import Image
 
 from ..data import BatchLoader, create_dataset
+from ..data.base import held_out_count
+from ..data.imagefolder import VAL_FRACTION
 from . import _sync, print_results
 
 NUM_IMAGES, IMAGE_SIZE, BATCH = 384, 224, 32
@@ -31,15 +33,22 @@ TARGET = 1.8
 
 
 def write_photo_folder(root: Path, num_images: int = NUM_IMAGES) -> Path:
-    """``root/train/<photo>/*.jpg`` and one image per class in ``root/val``: real photos."""
+    """``root/train/<photo>/*.jpg``, whose train split holds ``num_images`` once the default val
+    images are held out (a few more files), and one image per class in ``root/val``: real
+    photos."""
     from sklearn.datasets import load_sample_images
 
     photos = load_sample_images()
-    for split, count in (("train", num_images), ("val", len(photos.filenames))):
-        for c, (name, pixels) in enumerate(zip(photos.filenames, photos.images, strict=True)):
+    k = len(photos.filenames)
+    for c, (name, pixels) in enumerate(zip(photos.filenames, photos.images, strict=True)):
+        train = len(range(c, num_images, k))  # this photo's share of the training images
+        files = train
+        while files - held_out_count(files, VAL_FRACTION) < train:
+            files += 1
+        for split, count in (("train", files), ("val", 1)):
             folder = root / split / Path(name).stem
             folder.mkdir(parents=True, exist_ok=True)
-            for i in range(c, count, len(photos.filenames)):
+            for i in range(c, c + k * count, k):
                 shifted = np.roll(pixels, 7 * i, axis=1)
                 image = Image.fromarray(shifted[:, ::-1] if i % 2 else shifted)
                 image.save(folder / f"{i:05d}.jpg", quality=90)

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..checks import check_int, is_real
+
 
 class PatchDataset(Dataset):
     """What a run, a loader and a prior ask of a dataset; every dataset is one of the two kinds
@@ -166,3 +168,37 @@ def resize_images(images: torch.Tensor, image_size: int | None) -> torch.Tensor:
         images, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
     )
     return resized.clamp_(0.0, 1.0)
+
+
+def held_out_count(num: int, val_fraction: float) -> int:
+    """How many of a class's ``num`` training images :func:`split_by_class` holds out."""
+    return max(1, round(num * val_fraction))
+
+
+def split_by_class(
+    labels: torch.Tensor, classes: list[str], val_fraction: float, split_seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train and val indices (each ascending) of training images ``labels (M,)``: of each class's
+    ``n`` images, ``round(n * val_fraction)`` (at least 1) held out for val, drawn by
+    ``split_seed`` alone, so every run seed selects on the same images; each class keeps one."""
+    if not is_real(val_fraction) or not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"'val_fraction' should lie in (0, 1) but got {val_fraction!r}")
+    split_seed = check_int("split_seed", split_seed, 0)
+    drawn = torch.randperm(len(labels), generator=torch.Generator().manual_seed(split_seed))
+    grouped = drawn[labels[drawn].sort(stable=True).indices]  # by class, each in drawn order
+    sizes = torch.bincount(labels, minlength=len(classes)).tolist()
+    held, start = [], 0
+    for name, size in zip(classes, sizes, strict=True):
+        count = held_out_count(size, val_fraction)
+        if count >= size:
+            images = f"{size} training image{'s' * (size != 1)}"
+            raise ValueError(
+                f"class {name!r} has {images}: too few to hold out {count} for val "
+                f"(val_fraction={val_fraction}) and keep one for training; give it more images"
+            )
+        held.append(grouped[start : start + count])
+        start += size
+    val = torch.cat(held).sort().values
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[val] = False
+    return keep.nonzero().squeeze(1), val

@@ -1,7 +1,9 @@
 """``cifar10``: the python-pickle batches of CIFAR-10 read from a local directory.
 
-The uint8 pixels stay in memory; images are made when indexed (through torch's DataLoader like
-image files), resized to ``image_size`` on their device, a batch at a time.
+``test_batch`` is the test split (the reported numbers); val, what a study selects on, is held out
+of the five training batches, the same images for every run seed. The uint8 pixels stay in
+memory; images are made when indexed (through torch's DataLoader like image files), resized to
+``image_size`` on their device, a batch at a time.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 import torch
 
 from ..checks import check_int
-from .base import LazyImageDataset, resize_images
+from .base import LazyImageDataset, resize_images, split_by_class
 
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILE = "test_batch"
@@ -70,24 +72,41 @@ def locate(root: str) -> Path:
     return _find_batches(Path(root).expanduser())
 
 
+def _limit(key: str, value: int | None) -> int | None:
+    return None if value is None else check_int(key, value, 1)
+
+
 def cifar10(
     *,
     root: str,
     image_size: int | None = None,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
     train_limit: int | None = None,
     val_limit: int | None = None,
-) -> tuple[Cifar10Dataset, Cifar10Dataset]:
-    """CIFAR-10 from ``root``: the five training batches, and ``test_batch`` as the val split."""
+    test_limit: int | None = None,
+) -> tuple[Cifar10Dataset, Cifar10Dataset, Cifar10Dataset]:
+    """CIFAR-10 from ``root``: train and val from the five training batches, ``test_batch`` as
+    the test split.
+
+    ``val_fraction``: of each class's training images held out for val (0.1: 5,000 of 50,000),
+    drawn by ``split_seed`` (never the run seed: a study's every run selects on the same images);
+    ``train_limit``, ``val_limit``, ``test_limit``: at most that many images of each split
+    (None: all), the first ones in file order."""
     if root is None:
         raise ValueError("'root' should name the local CIFAR-10 directory but got None")
     if image_size is not None:
         check_int("image_size", image_size, 1)
+    limits = [_limit("train_limit", train_limit), _limit("val_limit", val_limit),
+              _limit("test_limit", test_limit)]  # fmt: skip
     folder = _find_batches(Path(root).expanduser())
-    train = [_load_batch(folder / f) for f in TRAIN_FILES]
-    train_pixels = torch.cat([pixels for pixels, _ in train])[:train_limit]
-    train_labels = torch.cat([labels for _, labels in train])[:train_limit]
-    val_pixels, val_labels = _load_batch(folder / TEST_FILE)
-    return (
-        Cifar10Dataset(train_pixels, train_labels, image_size),
-        Cifar10Dataset(val_pixels[:val_limit], val_labels[:val_limit], image_size),
+    batches = [_load_batch(folder / f) for f in TRAIN_FILES]
+    pixels = torch.cat([batch_pixels for batch_pixels, _ in batches])  # (50000, 3, 32, 32) uint8
+    labels = torch.cat([batch_labels for _, batch_labels in batches])  # (50000,)
+    train, val = split_by_class(labels, CLASSES, val_fraction, split_seed)
+    test_pixels, test_labels = _load_batch(folder / TEST_FILE)
+    parts = [(pixels[train], labels[train]), (pixels[val], labels[val]), (test_pixels, test_labels)]
+    return tuple(
+        Cifar10Dataset(part_pixels[:limit], part_labels[:limit], image_size)
+        for (part_pixels, part_labels), limit in zip(parts, limits, strict=True)
     )

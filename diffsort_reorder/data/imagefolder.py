@@ -1,12 +1,12 @@
 """``imagefolder``: one folder per class (ImageNet / FMoW layout), read lazily with Pillow.
 
-root/train/<class>/<image>.jpg
-root/val/<class>/<image>.jpg
+root/train/<class>/<image>.jpg   train, and val: ``val_fraction`` of each class held out
+root/val/<class>/<image>.jpg     test (ImageNet's validation set: the reported numbers)
 
 REOrder's transforms (torchvision's ImageNet recipe) at the default sizes: the shorter side resized
 to ``resize_size`` (256) with bilinear antialiasing, a centre crop of ``image_size`` (224), a
 horizontal flip with probability 1/2 on train (``flip``), and ImageNet's mean and std
-(``normalize``). Validation is never flipped.
+(``normalize``). Val and test are never flipped.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ import torch
 from PIL import Image
 
 from ..checks import check_bool, check_int
-from .base import LazyImageDataset
+from .base import LazyImageDataset, split_by_class
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP_FRACTION = 224 / 256  # resize_size defaults to image_size / CROP_FRACTION
+VAL_FRACTION = 0.01  # of each class's training images held out for val (ImageNet: ~13 a class)
 
 
 def _list_images(folder: Path) -> list[Path]:
@@ -134,12 +135,17 @@ def imagefolder(
     resize_size: int | None = None,
     flip: bool = True,
     normalize: bool = True,
-) -> tuple[ImageFolderDataset, ImageFolderDataset]:
-    """Train/val splits from ``root/train`` and ``root/val``, class names from train's folders.
+    val_fraction: float = VAL_FRACTION,
+    split_seed: int = 0,
+) -> tuple[ImageFolderDataset, ImageFolderDataset, ImageFolderDataset]:
+    """Train/val/test splits: ``root/train`` less the held-out val images, those images, and
+    ``root/val`` as test; class names from train's folders.
 
     ``image_size``: the square crop; ``resize_size``: the shorter side before it (None:
     ``image_size / 0.875``, 256 at 224); ``flip``: random horizontal flips on train;
-    ``normalize``: ImageNet's mean and std (else pixels in [0, 1])."""
+    ``normalize``: ImageNet's mean and std (else pixels in [0, 1]); ``val_fraction``: of each
+    class's training images held out for val (at least one), drawn by ``split_seed`` (never the
+    run seed: a study's every run selects on the same images)."""
     if root is None:
         raise ValueError("'root' should name a local image folder but got None")
     image_size = check_int("image_size", image_size, 1)
@@ -148,10 +154,16 @@ def imagefolder(
     resize_size = check_int("resize_size", resize_size, image_size)
     flip, normalize = check_bool("flip", flip), check_bool("normalize", normalize)
     base = Path(root).expanduser()
-    train_samples, classes = _split(base, "train", None)
-    val_samples, _ = _split(base, "val", classes)
-    sizes = (image_size, resize_size)
+    samples, classes = _split(base, "train", None)
+    test_samples, _ = _split(base, "val", classes)
+    labels = torch.tensor([label for _, label in samples])
+    train_index, val_index = split_by_class(labels, classes, val_fraction, split_seed)
+
+    def part(chosen: list, flips: bool = False) -> ImageFolderDataset:
+        return ImageFolderDataset(chosen, classes, image_size, resize_size, flips, normalize)
+
     return (
-        ImageFolderDataset(train_samples, classes, *sizes, flip=flip, normalize=normalize),
-        ImageFolderDataset(val_samples, classes, *sizes, flip=False, normalize=normalize),
+        part([samples[i] for i in train_index], flip),
+        part([samples[i] for i in val_index]),
+        part(test_samples),
     )
