@@ -34,9 +34,11 @@ def pytest_configure(config):
     cores, as a study's local workers do (:func:`diffsort_reorder.run.runtime.use_threads`)."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if workers and workers.isdigit():
-        from diffsort_reorder.run.runtime import use_threads
+        from diffsort_reorder.run.runtime import choose_threads, use_threads
 
-        use_threads(jobs=int(workers))
+        # In the environment, so that every run's auto threads (and every subprocess) keep it.
+        os.environ.setdefault("OMP_NUM_THREADS", str(choose_threads(jobs=int(workers))))
+        use_threads()
 
 
 @pytest.fixture

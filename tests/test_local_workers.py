@@ -3,13 +3,16 @@ single worker would see, and N workers give one worker's results."""
 
 import csv
 import os
+import re
 import subprocess
 import sys
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from diffsort_reorder.study.search import BUSY, DONE, RAN, search_step, take_trial
+from diffsort_reorder.study.storage import default_url, open_backend
 
 
 def random_sampler(n):
@@ -59,7 +62,7 @@ def by_seed(folder):
 
 
 def test_two_local_workers_give_one_workers_results(tmp_path):
-    common = ["study=smoke", "study.progress=false", "study.seeds=2", "study.n_trials=2",
+    common = ["study=smoke", "study.progress=false", "study.seeds=3", "study.n_trials=2",
               "study.methods=[row_major,softsort,plackett_luce]"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same threads in both: the same bits
     for jobs in (1, 2):
@@ -70,12 +73,15 @@ def test_two_local_workers_give_one_workers_results(tmp_path):
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.strip().splitlines()[-1] == str(tmp_path / str(jobs) / "report.md")
-    assert (tmp_path / "2" / "workers" / "worker-2.log").exists()
     assert not (tmp_path / "1" / "workers").exists()
+    # The second worker trained its share (a trial or a seed run), on the study's journal file.
+    log = (tmp_path / "2" / "workers" / "worker-2.log").read_text()
+    assert re.search(r"^txl/\w+ (trial \d+|seed-\d+|retrain-seed-\d+): ", log, re.M), log
+    assert (tmp_path / "2" / "study.log").exists() and not (tmp_path / "2" / "study.db").exists()
     assert by_seed(tmp_path / "1") == by_seed(tmp_path / "2")
     # Every search has exactly its budget, whichever worker ran each trial.
     for jobs in (1, 2):
-        storage = f"sqlite:///{tmp_path / str(jobs) / 'study.db'}"
+        storage = open_backend(None, tmp_path / str(jobs)).storage  # study.db, study.log
         for method in ("softsort", "plackett_luce"):
             trials = optuna.load_study(study_name=f"smoke/txl/{method}", storage=storage).trials
             assert len(trials) == 2
@@ -96,3 +102,17 @@ def test_a_trial_another_worker_failed_meanwhile_keeps_that_state():
 
     ended = run_trial(study, trial, objective)
     assert ended.state == TrialState.FAIL and study.trials[0].state == TrialState.FAIL
+
+
+def test_the_default_storage_is_a_journal_for_several_jobs_and_stays_what_it_was(tmp_path):
+    fresh, single, begun = tmp_path / "fresh", tmp_path / "single", tmp_path / "begun"
+    for folder in (fresh, single, begun):
+        folder.mkdir()
+    assert default_url(fresh, 2) == str((fresh / "study.log").resolve())
+    assert default_url(single, 1) == f"sqlite:///{(single / 'study.db').resolve()}"
+    (fresh / "study.log").touch()  # begun with several jobs: one job continues it there
+    assert default_url(fresh, 1) == str((fresh / "study.log").resolve())
+    (begun / "study.db").touch()  # begun on SQLite: several jobs are refused, not started afresh
+    with pytest.raises(ValueError, match=r"'study.jobs' is 2, but this study's storage is the "
+                                         r"SQLite file .*study.jobs=1"):  # fmt: skip
+        default_url(begun, 2)

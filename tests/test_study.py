@@ -560,6 +560,8 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(tmp_pat
     Study(cfg).run()
     assert Clock.slept <= 30  # not for ever (the grace period may pass in other work: seed runs)
     found = trials(tmp_path, "smoke/txl/softsort")
+    waited = found[1].datetime_start - found[0].datetime_start
+    assert waited.total_seconds() >= 2  # failed once the grace period had passed, not at once
     assert found[0].state == TrialState.FAIL and "fail_reason" not in found[0].user_attrs
     assert found[1].user_attrs["retry_of"] == 0 and found[1].state == TrialState.COMPLETE
     assert found[1].params["estimator.lr"] == found[0].params["estimator.lr"]

@@ -123,3 +123,22 @@ def test_a_search_resumes_across_runtime_keys_older_versions_recorded(tmp_path):
     check_resumed_search(search, tiny(tmp_path, "trainer.threads=2"), [], "txl/softsort")
     with pytest.raises(ValueError, match=r"another run config \(trainer.epochs: 2 -> 3"):
         check_resumed_search(search, tiny(tmp_path, "trainer.epochs=3"), [], "txl/softsort")
+
+
+def test_a_run_folder_of_an_older_version_is_the_same_runs(tmp_path):
+    """A run folder whose config lacks a runtime key this version adds (trainer.threads), or
+    holds another value of one, is the same run's: it resumes, never cleared; another value of
+    a key that changes what a run computes is another run's."""
+    from diffsort_reorder.config import to_yaml
+    from diffsort_reorder.run.rundir import RunDir
+
+    cfg = tiny(tmp_path)
+    folder = RunDir(tmp_path)
+    older = to_yaml(cfg).replace("  threads: null\n", "")
+    assert older != to_yaml(cfg)
+    (tmp_path / "config.yaml").write_text(older)
+    assert folder.holds_config(cfg)
+    assert folder.holds_config(tiny(tmp_path, "trainer.threads=3"))
+    assert not folder.holds_config(tiny(tmp_path, "trainer.epochs=3"))
+    (tmp_path / "config.yaml").write_text("trainer: [unclosed")
+    assert not folder.holds_config(cfg)  # damaged: another run's

@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ..config import same_config, to_yaml
 from ..files import CorruptFileError, UnsafeFileError, load, save_atomic, write_json, write_text
@@ -62,7 +62,18 @@ class RunDir:
     def holds_config(self, cfg: DictConfig) -> bool:
         """Whether the folder holds no config or ``cfg``'s (a damaged one is another's)."""
         path = self.file(self.CONFIG)
-        return not path.exists() or path.read_text(errors="replace") == to_yaml(cfg)
+        if not path.exists():
+            return True
+        text = path.read_text(errors="replace")
+        if text == to_yaml(cfg):
+            return True
+        try:  # the same run, up to its runtime keys (threads, progress, ...)?
+            saved = OmegaConf.to_container(OmegaConf.create(text))
+        except Exception:  # noqa: BLE001  (a damaged file: YAML and OmegaConf errors alike)
+            return False
+        return isinstance(saved, dict) and same_config(
+            saved, OmegaConf.to_container(cfg, resolve=True)
+        )
 
     def clear(self) -> None:
         if self.path.exists():

@@ -117,8 +117,9 @@ BUSY = "busy"  # take_trial: no trial to take now, though the search is not done
 def take_trial(
     study: optuna.Study, n_trials: int, sampler: Callable, grace_period: float
 ) -> optuna.Trial | str | None:
-    """The trial this worker runs next; None when the budget is spent; :data:`BUSY` when a new
-    trial would be sampled while other workers' trials run. Call it under the search's lock.
+    """The trial this worker runs next; None when the budget is spent and no trial runs;
+    :data:`BUSY` while other workers' trials run and no waiting trial is left (the next trial,
+    or the best one, waits for them). Call it under the search's lock.
     ``sampler(n)`` is the sampler to use with ``n`` trials in the storage.
 
     A new trial is sampled only once every earlier one has ended, so that it reads the same
@@ -130,10 +131,10 @@ def take_trial(
     requeue_interrupted(study)
     trials = study.get_trials(deepcopy=False)
     if not any(t.state == TrialState.WAITING for t in trials):
+        if any(t.state == TrialState.RUNNING for t in trials):
+            return BUSY  # the next to sample, or the best, waits for them (one snapshot)
         if sum(map(counts_toward_budget, trials)) >= n_trials:
             return None
-        if any(t.state == TrialState.RUNNING for t in trials):
-            return BUSY
     # A sampler seeded by the history, so a resumed study does not redraw its points.
     study.sampler = sampler(len(trials))
     with warnings.catch_warnings():  # Optuna: heartbeats outside optimize() (we beat: storage)
@@ -200,9 +201,7 @@ def search_step(
             started = time.perf_counter()
             tick(run_trial(study, trial, objective), time.perf_counter() - started)
             return RAN
-    if trial == BUSY or study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        return BUSY
-    return DONE
+    return BUSY if trial == BUSY else DONE
 
 
 def search(study: optuna.Study, objective: Callable, *, wait_for_workers: float = math.inf,

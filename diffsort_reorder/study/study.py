@@ -57,6 +57,7 @@ from .space import (
 )
 from .storage import open_backend
 from .work import collect, seed_step
+from .workers import jobs_of
 
 
 class StudyStopped(Exception):
@@ -82,7 +83,8 @@ class Study:
                         for b in self.backbones for m in self.runs}  # fmt: skip
         # Everything workers share goes through the storage: trials, finished runs, locks.
         heartbeat = (s.heartbeat_interval, s.grace_period)
-        self.backend = open_backend(s.storage, self.output_dir, heartbeat, s.reconnect_seconds)
+        self.backend = open_backend(s.storage, self.output_dir, heartbeat, s.reconnect_seconds,
+                                    jobs_of(s.get("jobs", 1)))  # fmt: skip
         self.storage = self.backend.storage
         self.locks = self.backend.locks(s.name)
         self.records = self.backend.records(s.name, self.output_dir / "train")  # owed runs first

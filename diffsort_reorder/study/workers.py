@@ -16,14 +16,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from ..run.runtime import cores_available
 
 
 def jobs_of(setting) -> int:
-    """``study.jobs``: a positive integer, or ``auto`` (one worker per core this process may
-    use)."""
+    """``study.jobs``: a positive integer, or ``auto``: one worker per core this process may use
+    on a CPU machine, one where CUDA is present (workers would share its GPU, each with a CUDA
+    context and batches of its own)."""
     if setting == "auto":
-        return cores_available()
+        return 1 if torch.cuda.is_available() else cores_available()
     if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
         raise ValueError(f"'study.jobs' should be auto or a positive integer but got {setting!r}")
     return setting
@@ -75,10 +78,15 @@ class Workers:
                 failed.append(f"worker {k} exited with status {code}; its output: {log}")
         return failed
 
-    def stop(self) -> None:
-        """End the other workers (this one was interrupted): their trials are run again."""
+    def stop(self, grace: float = 10.0) -> None:
+        """End the other workers (this one was interrupted): their trials are run again. Ctrl-C
+        reached them too (one process group), so each gets ``grace`` seconds to finish its own
+        clean-up (failing its trial, letting its locks go) before it is told to stop, then 30 s
+        more before it is killed."""
         for proc, _ in self.started:
-            if proc.poll() is None:
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
                 proc.terminate()
         for proc, _ in self.started:
             try:

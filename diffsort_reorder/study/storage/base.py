@@ -269,7 +269,7 @@ class RunRecords:
         self.study.set_user_attr(key, record)
         self.known[key] = record
         if owed is not None:
-            owed.unlink()
+            owed.unlink(missing_ok=True)  # another worker may have settled it meanwhile
 
     def settle(self, folder: Path) -> list[str]:
         """Record the runs that finished under ``folder`` but were not recorded (their
@@ -286,5 +286,5 @@ class RunRecords:
                 self.put(owed["key"], owed["digest"], RunResult.from_json(owed["result"]))
                 log.info("recorded %s, which finished here but was not recorded", owed["key"])
                 settled.append(owed["key"])
-            path.unlink()
+            path.unlink(missing_ok=True)
         return settled

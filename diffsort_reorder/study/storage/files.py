@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from .base import Backend, DatabaseBackend, FileLocks
 
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
+SQLITE_WAIT_SECONDS = 60  # how long a SQLite writer waits for another to let the file go
 CHUNK = 1 << 16  # bytes read at a time when looking back for a line's start
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,12 @@ class TrialLockedJournal(JournalStorage, BaseHeartbeat):
 
 
 class SQLiteBackend(DatabaseBackend):
-    """``sqlite:///<path>``: one worker (SQLite serialises writers badly across processes)."""
+    """``sqlite:///<path>``: one worker (SQLite locks the whole file for each write, and Optuna's
+    RDB storage on it is not made for several processes: a journal file serves those). A write
+    waits up to :data:`SQLITE_WAIT_SECONDS` for the file, not sqlite3's 5 s, should something
+    else hold it (a reader, a report redrawn beside the study)."""
+
+    engine_kwargs = {"connect_args": {"timeout": SQLITE_WAIT_SECONDS}}
 
     @classmethod
     def accepts(cls, url: str) -> bool:

@@ -142,15 +142,18 @@ def _close(conn: sqlalchemy.Connection) -> None:
 def _take(engine, name: str, wait: bool, reconnect_seconds: float):
     """A connection that holds the lock ``name``, or None when ``wait`` is False and another
     worker holds it. A wait the server cut (a restart) is taken up again once it answers, after
-    :data:`HEAD_START_SECONDS` for the lock's holder to take its lock back."""
+    :data:`HEAD_START_SECONDS` for the lock's holder to take its lock back; so is any ask while
+    the server has been up for less than that (a worker that did not wait, trying the lock of a
+    run whose holder is taking it back)."""
     call = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
     where = engine.url.render_as_string(hide_password=True)
     cut = False
     while True:
         conn = patiently(lambda: _connect(engine), reconnect_seconds, where)
         try:
-            if cut:
-                time.sleep(HEAD_START_SECONDS)
+            up = float(conn.execute(sqlalchemy.text(UP_SECONDS)).scalar())
+            if cut or up < HEAD_START_SECONDS:
+                time.sleep(HEAD_START_SECONDS if cut else HEAD_START_SECONDS - up)
             held = conn.execute(sqlalchemy.text(f"SELECT {call}(:key)"), {"key": _lock_key(name)})
             held = wait or bool(held.scalar())
         except sqlalchemy.exc.DBAPIError as err:

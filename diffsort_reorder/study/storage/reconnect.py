@@ -83,6 +83,10 @@ def patiently(call: Callable, seconds: float, where: str, retry: Callable = is_l
             result = call()
         except Exception as err:  # noqa: BLE001  (``retry`` says which)
             waited = time.monotonic() - started
+            if warned and isinstance(err, optuna.exceptions.UpdateFinishedTrialError):
+                # The attempt whose answer was lost had been applied (a trial's end, say).
+                log.warning("the study's storage %s had applied the call cut short", where)
+                return True
             if not retry(err):
                 raise
             if waited >= seconds:
