@@ -113,6 +113,12 @@ def choose_threads(setting=None, jobs: int = 1) -> int:
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
+    return share_of_cores(jobs)
+
+
+def share_of_cores(jobs: int) -> int:
+    """The threads of each of ``jobs`` local workers: the cores this process may use, shared
+    (at least one)."""
     return max(1, cores_available() // max(1, jobs))
 
 

@@ -19,17 +19,13 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
-import math
-import sys
 import time
 import warnings
 from collections.abc import Callable
 
 import optuna
 import torch
-from optuna.storages._heartbeat import is_heartbeat_enabled  # as Optuna's optimize() asks
 from optuna.trial import FrozenTrial, TrialState
-from tqdm import tqdm
 
 from .storage import quiet_experimental
 
@@ -202,27 +198,3 @@ def search_step(
             tick(run_trial(study, trial, objective), time.perf_counter() - started)
             return RAN
     return BUSY if trial == BUSY else DONE
-
-
-def search(study: optuna.Study, objective: Callable, *, wait_for_workers: float = math.inf,
-           **step) -> optuna.Study:  # fmt: skip
-    """Run :func:`search_step` until the search is done, waiting for other workers' trials
-    (polling every :data:`POLL_SECONDS`): until they end where the storage tells a dead worker's
-    trial (database heartbeats, a journal's trial locks: a killed worker's trial goes stale,
-    fails and is run again), else up to ``wait_for_workers`` seconds."""
-    if step.get("heartbeat") is not None or is_heartbeat_enabled(study._storage):
-        wait_for_workers = math.inf
-    waited = 0.0
-    while (state := search_step(study, objective, **step)) != DONE:
-        if state == RAN:
-            continue
-        if waited >= wait_for_workers:
-            return study
-        if waited % 60 < POLL_SECONDS:  # say so at once, then every minute
-            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            numbers = ", ".join(str(t.number) for t in running)
-            tqdm.write(f"{study.study_name}: waiting for running trial(s) {numbers} of other "
-                       f"workers ({waited:.0f} s)", file=sys.stderr)  # fmt: skip
-        time.sleep(POLL_SECONDS)
-        waited += POLL_SECONDS
-    return study

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..run.runtime import cores_available
+from ..run.runtime import cores_available, share_of_cores
 
 
 def jobs_of(setting) -> int:
@@ -32,9 +32,7 @@ def jobs_of(setting) -> int:
     return setting
 
 
-def share_of_cores(jobs: int) -> int:
-    """The intra-op threads of each of ``jobs`` workers: the cores this process may use, shared."""
-    return max(1, cores_available() // jobs)
+__all__ = ["Workers", "jobs_of", "share_of_cores"]
 
 
 class Workers:

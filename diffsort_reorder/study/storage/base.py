@@ -275,14 +275,15 @@ class RunRecords:
         """Record the runs that finished under ``folder`` but were not recorded (their
         ``owed-record.json``); a run the storage holds a record of already, of any config (the
         best config may have changed since), keeps it. Returns the keys recorded."""
-        settled = []
+        settled, recorded = [], None
         for path in sorted(Path(folder).rglob(OWED)):
             try:
                 owed = json.loads(path.read_text())
             except ValueError as err:  # damaged: the run's own folder still holds its result
                 log.warning("%r is damaged (%s): skipped", str(path), err)
                 continue
-            if owed["key"] not in self.study.user_attrs:
+            recorded = self.study.user_attrs if recorded is None else recorded  # read once
+            if owed["key"] not in recorded and owed["key"] not in self.known:
                 self.put(owed["key"], owed["digest"], RunResult.from_json(owed["result"]))
                 log.info("recorded %s, which finished here but was not recorded", owed["key"])
                 settled.append(owed["key"])
